@@ -1,0 +1,413 @@
+/*
+ * client.c - the Ruby-facing glue: MegaMutex::Native::Client wraps one store
+ * (one set of connections) for use by one thread at a time.
+ *
+ * Methods are private-by-convention (_acquire, _release, ...): validation,
+ * defaults and docs live in Ruby (the files under lib/mega_mutex). Here each method
+ * copies its arguments into C memory, releases the GVL for the store call,
+ * and converts the result once the GVL is back.
+ */
+#include <ruby.h>
+#include <ruby/thread.h>
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lock.h"
+#include "mega_mutex.h"
+#include "store.h"
+
+#define MM_MAX_SERVERS 64
+#define MM_TTL_MAX 2592000 /* above 30 days memcached reads an absolute time */
+
+static VALUE cClient;
+static VALUE eError, eConnectionError, eServerError;
+static ID id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder;
+
+typedef struct {
+  mm_store *store;
+  mm_waker waker; /* wakes this client's waits */
+  pid_t pid;      /* the process that opened the connections */
+  int in_use;     /* guarded by the GVL: one thread at a time */
+} mm_client;
+
+static void client_close_store(mm_client *c) {
+  mm_store *s = c->store;
+  c->store = NULL;
+  if (s == NULL) return;
+  if (c->pid == getpid()) s->ops->destroy(s);
+  else s->ops->abandon(s); /* forked child: the sockets are the parent's too */
+}
+
+static void client_free(void *p) {
+  mm_client *c = p;
+  client_close_store(c);
+  mm_waker_destroy(&c->waker);
+  xfree(c);
+}
+
+static size_t client_size(const void *p) {
+  (void) p;
+  return sizeof(mm_client);
+}
+
+/* No RUBY_TYPED_FREE_IMMEDIATELY: destroy says "quit" to the server. */
+static const rb_data_type_t client_type = {
+    "MegaMutex::Native::Client",
+    {NULL, client_free, client_size, NULL, {NULL}},
+    NULL,
+    NULL,
+    0,
+};
+
+static VALUE client_alloc(VALUE klass) {
+  mm_client *c;
+  VALUE obj = TypedData_Make_Struct(klass, mm_client, &client_type, c);
+  c->store = NULL;
+  c->waker.fd = -1;
+  c->pid = getpid();
+  c->in_use = 0;
+  return obj;
+}
+
+/* The one accessor: raises on a closed handle, a handle from the parent
+ * process, or a handle some other thread is using. */
+static mm_client *client_take(VALUE self) {
+  mm_client *c;
+  TypedData_Get_Struct(self, mm_client, &client_type, c);
+  if (c->store == NULL) rb_raise(eError, "MegaMutex client is closed");
+  if (c->pid != getpid()) rb_raise(eError, "MegaMutex client was opened by process %d, not this one", (int) c->pid);
+  if (c->in_use) rb_raise(eError, "MegaMutex client is in use by another thread");
+  c->in_use = 1;
+  return c;
+}
+
+static void client_give_back(mm_client *c) { c->in_use = 0; }
+
+typedef struct {
+  char buf[MM_KEY_MAX + 1];
+  mm_bytes bytes;
+} key_buf;
+
+static void copy_key(VALUE str, key_buf *out, size_t max, const char *what) {
+  StringValue(str);
+  long len = RSTRING_LEN(str);
+  if (len <= 0 || (size_t) len > max) rb_raise(rb_eArgError, "%s must be 1 to %zu bytes (got %ld)", what, max, len);
+  memcpy(out->buf, RSTRING_PTR(str), (size_t) len);
+  out->buf[len] = '\0';
+  out->bytes.ptr = out->buf;
+  out->bytes.len = (size_t) len;
+  int ok = max == MM_TOKEN_MAX ? mm_token_valid(out->bytes) : mm_key_valid(out->bytes);
+  if (!ok) rb_raise(rb_eArgError, "%s must be printable ASCII without spaces", what);
+  RB_GC_GUARD(str);
+}
+
+static unsigned to_ttl(VALUE ttl) {
+  long v = NUM2LONG(ttl);
+  if (v < 1 || v > MM_TTL_MAX) rb_raise(rb_eArgError, "ttl must be 1 to %d seconds (got %ld)", MM_TTL_MAX, v);
+  return (unsigned) v;
+}
+
+static double to_seconds(VALUE v, const char *what, int nil_means_forever) {
+  if (NIL_P(v) && nil_means_forever) return -1;
+  double d = NUM2DBL(v);
+  if (isnan(d) || d < 0) rb_raise(rb_eArgError, "%s must be a non-negative number", what);
+  return d;
+}
+
+/* Raise the store's last error; the client must have been given back. */
+static void raise_store_error(mm_store *s, mm_status st) {
+  rb_raise(st == MM_ERR_CONNECTION ? eConnectionError : eServerError, "%s", s->error);
+}
+
+/* ---- initialize -------------------------------------------------------- */
+
+typedef struct {
+  mm_memcached_options opts;
+  mm_store *result;
+  char error[MM_ERROR_MAX];
+} open_args;
+
+static void *open_nogvl(void *p) {
+  open_args *a = p;
+  a->result = mm_memcached_store_new(&a->opts, a->error, sizeof a->error);
+  return NULL;
+}
+
+/*
+ * initialize(servers, connect_timeout_ms, io_timeout_ms, retry_timeout_s)
+ * servers: [[host, port], ...]; port 0 means host is a unix socket path.
+ */
+static VALUE client_initialize(VALUE self, VALUE servers, VALUE connect_ms, VALUE io_ms, VALUE retry_s) {
+  mm_client *c;
+  TypedData_Get_Struct(self, mm_client, &client_type, c);
+  if (c->store != NULL) rb_raise(eError, "MegaMutex client already initialized");
+  Check_Type(servers, T_ARRAY);
+  long n = RARRAY_LEN(servers);
+  if (n < 1 || n > MM_MAX_SERVERS) rb_raise(rb_eArgError, "need 1 to %d memcached servers (got %ld)", MM_MAX_SERVERS, n);
+
+  open_args a;
+  memset(&a, 0, sizeof a);
+  mm_server_addr addrs[MM_MAX_SERVERS];
+  VALUE hosts = rb_ary_new_capa(n); /* keeps the host strings alive */
+  for (long i = 0; i < n; i++) {
+    VALUE pair = rb_ary_entry(servers, i);
+    Check_Type(pair, T_ARRAY);
+    if (RARRAY_LEN(pair) != 2) rb_raise(rb_eArgError, "server must be [host, port]");
+    VALUE host = rb_ary_entry(pair, 0);
+    StringValue(host);
+    host = rb_str_new_frozen(host);
+    rb_ary_push(hosts, host);
+    long port = NUM2LONG(rb_ary_entry(pair, 1));
+    if (port < 0 || port > 65535) rb_raise(rb_eArgError, "port out of range: %ld", port);
+    addrs[i].host = StringValueCStr(host);
+    addrs[i].port = (unsigned) port;
+  }
+  a.opts.servers = addrs;
+  a.opts.server_count = (size_t) n;
+  a.opts.connect_timeout_ms = NUM2INT(connect_ms);
+  a.opts.io_timeout_ms = NUM2INT(io_ms);
+  a.opts.retry_timeout_s = NUM2INT(retry_s);
+  if (a.opts.connect_timeout_ms < 1 || a.opts.io_timeout_ms < 1 || a.opts.retry_timeout_s < 0)
+    rb_raise(rb_eArgError, "timeouts must be positive");
+
+  rb_thread_call_without_gvl(open_nogvl, &a, RUBY_UBF_IO, NULL);
+  RB_GC_GUARD(hosts);
+  if (a.result == NULL) rb_raise(eError, "%s", a.error);
+  if (mm_waker_init(&c->waker) != 0) {
+    a.result->ops->destroy(a.result);
+    rb_sys_fail("eventfd");
+  }
+  c->store = a.result;
+  c->pid = getpid();
+  return self;
+}
+
+/* ---- _acquire ------------------------------------------------------------ */
+
+typedef struct {
+  mm_store *store;
+  mm_bytes key, token;
+  unsigned ttl;
+  mm_wait_policy policy;
+  mm_waker *waker;
+  mm_holder holder;
+  mm_acquire_stats stats;
+  mm_status status;
+  int ran;
+} acquire_args;
+
+static void *acquire_nogvl(void *p) {
+  acquire_args *a = p;
+  a->ran = 1;
+  a->status = mm_lock_acquire(a->store, a->key, a->token, a->ttl, &a->policy, a->waker, &a->holder, &a->stats);
+  return NULL;
+}
+
+/*
+ * _acquire(state, key, token, ttl, timeout, backoff_min, backoff_max) -> true | false
+ *
+ * true: taken; state's @version is set before anything can interrupt this
+ * thread, so an `ensure` that checks it always releases what was taken.
+ * false: timed out; state's @holder names the holder seen last.
+ * @attempts and @waited are set in both cases.
+ */
+static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VALUE ttl, VALUE timeout,
+                            VALUE bmin, VALUE bmax) {
+  key_buf k, t;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  copy_key(token, &t, MM_TOKEN_MAX, "token");
+  acquire_args a;
+  memset(&a, 0, sizeof a);
+  a.key = k.bytes;
+  a.token = t.bytes;
+  a.ttl = to_ttl(ttl);
+  double total = to_seconds(timeout, "timeout", 1);
+  a.policy.backoff_min = to_seconds(bmin, "backoff_min", 0);
+  a.policy.backoff_max = to_seconds(bmax, "backoff_max", 0);
+  if (a.policy.backoff_min <= 0 || a.policy.backoff_max < a.policy.backoff_min)
+    rb_raise(rb_eArgError, "backoff bounds must satisfy 0 < min <= max");
+
+  mm_client *c = client_take(self);
+  a.store = c->store;
+  double start = mm_monotonic();
+  unsigned long attempts = 0;
+  a.waker = &c->waker;
+  for (;;) {
+    mm_waker_reset(&c->waker);
+    a.ran = 0;
+    double elapsed = mm_monotonic() - start;
+    a.policy.timeout = total < 0 ? -1 : (elapsed >= total ? 0 : total - elapsed);
+    /* INTR_FAIL: no interrupt is raised between the wait ending and this
+     * code seeing its result, so a lock just taken is never forgotten.
+     * UBF_ASYNC_SAFE: the waker may be called from a signal handler. */
+    rb_nogvl(acquire_nogvl, &a, mm_waker_wake, &c->waker, RB_NOGVL_INTR_FAIL | RB_NOGVL_UBF_ASYNC_SAFE);
+    if (a.ran) attempts += a.stats.attempts;
+    if (a.ran && a.status != MM_INTERRUPTED) break;
+    /* Interrupted: raise the pending exception, if any, with the client
+     * given back first; a spurious wake-up goes round again. */
+    client_give_back(c);
+    rb_thread_check_ints();
+    c = client_take(self);
+  }
+  client_give_back(c);
+
+  double waited = mm_monotonic() - start;
+  switch (a.status) {
+  case MM_OK:
+    rb_ivar_set(state, id_iv_version, ULL2NUM(a.holder.version));
+    rb_ivar_set(state, id_iv_attempts, ULONG2NUM(attempts));
+    rb_ivar_set(state, id_iv_waited, DBL2NUM(waited));
+    return Qtrue;
+  case MM_TIMEOUT:
+    rb_ivar_set(state, id_iv_attempts, ULONG2NUM(attempts));
+    rb_ivar_set(state, id_iv_waited, DBL2NUM(waited));
+    rb_ivar_set(state, id_iv_holder,
+                a.holder.token_len ? rb_str_new(a.holder.token, (long) a.holder.token_len) : Qnil);
+    return Qfalse;
+  default:
+    raise_store_error(c->store, a.status);
+    return Qnil; /* not reached */
+  }
+}
+
+/* ---- the short calls: release, extend, read, force_release ------------ */
+
+enum short_op { OP_RELEASE, OP_EXTEND, OP_READ, OP_FORCE };
+
+typedef struct {
+  enum short_op op;
+  mm_store *store;
+  mm_bytes key, token;
+  unsigned ttl;
+  uint64_t version;
+  mm_holder holder;
+  mm_status status;
+} short_args;
+
+static void *short_nogvl(void *p) {
+  short_args *a = p;
+  mm_store *s = a->store;
+  switch (a->op) {
+  case OP_RELEASE: a->status = s->ops->release(s, a->key, a->token, a->version); break;
+  case OP_EXTEND: a->status = s->ops->extend(s, a->key, a->token, a->ttl, &a->version); break;
+  case OP_READ: a->status = s->ops->read(s, a->key, &a->holder); break;
+  case OP_FORCE: a->status = s->ops->force_release(s, a->key); break;
+  }
+  return NULL;
+}
+
+static VALUE short_body(VALUE p) {
+  short_args *a = (short_args *) p;
+  /* RUBY_UBF_IO only interrupts a poll, which libmemcached resumes: a short
+   * call is never cut off mid-request (that would leave the connection out
+   * of step). It ends within the I/O timeout; the interrupt follows. */
+  rb_thread_call_without_gvl(short_nogvl, a, RUBY_UBF_IO, NULL);
+  return Qnil;
+}
+
+static VALUE short_give_back(VALUE p) {
+  client_give_back((mm_client *) p);
+  return Qnil;
+}
+
+/* Runs one short call without the GVL. Ruby may raise a pending interrupt
+ * as the GVL comes back: the client is given back whatever happens. */
+static mm_status run_short(VALUE self, short_args *a) {
+  mm_client *c = client_take(self);
+  a->store = c->store;
+  rb_ensure(short_body, (VALUE) a, short_give_back, (VALUE) c);
+  if (a->status == MM_ERR_CONNECTION || a->status == MM_ERR_SERVER) raise_store_error(c->store, a->status);
+  return a->status;
+}
+
+/* _release(key, token, version) -> true if our lock was removed, false if
+ * it was gone or held by someone else. */
+static VALUE client_release(VALUE self, VALUE key, VALUE token, VALUE version) {
+  key_buf k, t;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  copy_key(token, &t, MM_TOKEN_MAX, "token");
+  short_args a;
+  memset(&a, 0, sizeof a);
+  a.op = OP_RELEASE;
+  a.key = k.bytes;
+  a.token = t.bytes;
+  a.version = NIL_P(version) ? 0 : NUM2ULL(version);
+  return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
+}
+
+/* _extend(key, token, ttl) -> true if still ours and renewed. */
+static VALUE client_extend(VALUE self, VALUE key, VALUE token, VALUE ttl) {
+  key_buf k, t;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  copy_key(token, &t, MM_TOKEN_MAX, "token");
+  short_args a;
+  memset(&a, 0, sizeof a);
+  a.op = OP_EXTEND;
+  a.key = k.bytes;
+  a.token = t.bytes;
+  a.ttl = to_ttl(ttl);
+  return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
+}
+
+/* _read(key) -> the holder's token, or nil. */
+static VALUE client_read(VALUE self, VALUE key) {
+  key_buf k;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  short_args a;
+  memset(&a, 0, sizeof a);
+  a.op = OP_READ;
+  a.key = k.bytes;
+  if (run_short(self, &a) != MM_OK) return Qnil;
+  return rb_str_new(a.holder.token, (long) a.holder.token_len);
+}
+
+/* _force_release(key) -> true if a lock was removed. */
+static VALUE client_force_release(VALUE self, VALUE key) {
+  key_buf k;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  short_args a;
+  memset(&a, 0, sizeof a);
+  a.op = OP_FORCE;
+  a.key = k.bytes;
+  return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
+}
+
+/* close -> nil. Closes the connections; later calls raise. */
+static VALUE client_close(VALUE self) {
+  mm_client *c = client_take(self);
+  client_close_store(c);
+  client_give_back(c);
+  return Qnil;
+}
+
+static VALUE client_closed_p(VALUE self) {
+  mm_client *c;
+  TypedData_Get_Struct(self, mm_client, &client_type, c);
+  return c->store == NULL ? Qtrue : Qfalse;
+}
+
+void mm_client_init(VALUE mNative) {
+  VALUE mMegaMutex = rb_const_get(rb_cObject, rb_intern("MegaMutex"));
+  eError = rb_const_get(mMegaMutex, rb_intern("Error"));
+  eConnectionError = rb_const_get(mMegaMutex, rb_intern("ConnectionError"));
+  eServerError = rb_const_get(mMegaMutex, rb_intern("ServerError"));
+  rb_gc_register_mark_object(eError);
+  rb_gc_register_mark_object(eConnectionError);
+  rb_gc_register_mark_object(eServerError);
+  id_iv_version = rb_intern("@version");
+  id_iv_attempts = rb_intern("@attempts");
+  id_iv_waited = rb_intern("@waited");
+  id_iv_holder = rb_intern("@holder");
+
+  cClient = rb_define_class_under(mNative, "Client", rb_cObject);
+  rb_define_alloc_func(cClient, client_alloc);
+  rb_define_method(cClient, "initialize", client_initialize, 4);
+  rb_define_method(cClient, "_acquire", client_acquire, 7);
+  rb_define_method(cClient, "_release", client_release, 3);
+  rb_define_method(cClient, "_extend", client_extend, 3);
+  rb_define_method(cClient, "_read", client_read, 1);
+  rb_define_method(cClient, "_force_release", client_force_release, 1);
+  rb_define_method(cClient, "close", client_close, 0);
+  rb_define_method(cClient, "closed?", client_closed_p, 0);
+}

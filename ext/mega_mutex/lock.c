@@ -1,0 +1,122 @@
+/*
+ * lock.c - taking a lock: try, and while someone else holds it, sleep with
+ * exponential backoff and jitter, bounded by the policy's timeout.
+ *
+ * Runs without the GVL. Sleeps on a condition variable that the unblocking
+ * function signals, so Thread#raise, Timeout and Ctrl-C end a wait at once;
+ * a store call in flight is never cut short (the connection stays in step)
+ * and lasts at most the configured I/O timeout.
+ */
+#define _GNU_SOURCE /* ppoll */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lock.h"
+
+double mm_monotonic(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+int mm_waker_init(mm_waker *w) {
+  w->interrupted = 0;
+  w->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  return w->fd < 0 ? -1 : 0;
+}
+
+void mm_waker_destroy(mm_waker *w) {
+  if (w->fd >= 0) close(w->fd);
+  w->fd = -1;
+}
+
+void mm_waker_reset(mm_waker *w) {
+  if (__atomic_exchange_n(&w->interrupted, 0, __ATOMIC_SEQ_CST)) {
+    uint64_t drained;
+    while (read(w->fd, &drained, sizeof drained) > 0) {
+    }
+  }
+}
+
+void mm_waker_wake(void *arg) {
+  mm_waker *w = arg;
+  int saved = errno; /* may run in a signal handler */
+  __atomic_store_n(&w->interrupted, 1, __ATOMIC_SEQ_CST);
+  uint64_t one = 1;
+  ssize_t n = write(w->fd, &one, sizeof one);
+  (void) n; /* EAGAIN means it is already readable: fine */
+  errno = saved;
+}
+
+static int waker_interrupted(mm_waker *w) { return __atomic_load_n(&w->interrupted, __ATOMIC_SEQ_CST); }
+
+/* Sleep `seconds` unless woken; returns 1 if interrupted. */
+static int waker_sleep(mm_waker *w, double seconds) {
+  double until = mm_monotonic() + seconds;
+  struct pollfd pfd = {w->fd, POLLIN, 0};
+  while (!waker_interrupted(w)) {
+    double left = until - mm_monotonic();
+    if (left <= 0) break;
+    struct timespec ts;
+    ts.tv_sec = (time_t) left;
+    ts.tv_nsec = (long) ((left - (double) ts.tv_sec) * 1e9);
+    int n = ppoll(&pfd, 1, &ts, NULL);
+    if (n == 0) break; /* slept the whole time */
+    if (n < 0 && errno != EINTR) break;
+  }
+  return waker_interrupted(w);
+}
+
+/* xorshift64*: jitter only, not security. */
+static double next_random(uint64_t *state) {
+  uint64_t x = *state;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *state = x;
+  return (double) ((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0; /* [0, 1) */
+}
+
+mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
+                          const mm_wait_policy *policy, mm_waker *waker, mm_holder *holder,
+                          mm_acquire_stats *stats) {
+  double start = mm_monotonic();
+  double deadline = policy->timeout < 0 ? INFINITY : start + policy->timeout;
+  double backoff = policy->backoff_min;
+  struct timespec seed_ts;
+  clock_gettime(CLOCK_REALTIME, &seed_ts);
+  uint64_t seed = ((uint64_t) seed_ts.tv_nsec << 20) ^ (uint64_t) seed_ts.tv_sec ^
+                  ((uint64_t) getpid() << 40) ^ (uint64_t) (uintptr_t) &seed;
+  if (seed == 0) seed = 0x9E3779B97F4A7C15ULL;
+  mm_status st;
+
+  stats->attempts = 0;
+  for (;;) {
+    stats->attempts++;
+    st = store->ops->acquire(store, key, token, ttl, holder);
+    if (st != MM_HELD) break;
+
+    double now = mm_monotonic();
+    if (now >= deadline) {
+      st = MM_TIMEOUT;
+      break;
+    }
+    /* "Equal jitter": half the backoff fixed, half random, so waiters
+     * spread out but none starves with a near-zero sleep streak. */
+    double pause = backoff / 2 + next_random(&seed) * backoff / 2;
+    if (now + pause > deadline) pause = deadline - now; /* last try at the deadline */
+    if (waker_sleep(waker, pause)) {
+      st = MM_INTERRUPTED;
+      break;
+    }
+    backoff *= 2;
+    if (backoff > policy->backoff_max) backoff = policy->backoff_max;
+  }
+  stats->waited = mm_monotonic() - start;
+  return st;
+}

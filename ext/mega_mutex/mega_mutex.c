@@ -1,0 +1,12 @@
+/*
+ * mega_mutex.c - entry point. Reads as a table of contents: one *_init per
+ * Ruby-facing file. The error classes are defined in Ruby
+ * (lib/mega_mutex/errors.rb) before this library is loaded.
+ */
+#include "mega_mutex.h"
+
+RUBY_FUNC_EXPORTED void Init_mega_mutex(void) {
+  VALUE mMegaMutex = rb_define_module("MegaMutex");
+  VALUE mNative = rb_define_module_under(mMegaMutex, "Native");
+  mm_client_init(mNative); /* client.c: MegaMutex::Native::Client */
+}

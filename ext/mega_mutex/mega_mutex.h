@@ -1,0 +1,5 @@
+#ifndef MEGA_MUTEX_H
+#define MEGA_MUTEX_H
+#include <ruby.h>
+void mm_client_init(VALUE mNative);
+#endif

@@ -1,0 +1,96 @@
+/*
+ * store.h - the interface every lock store implements.
+ *
+ * The lock logic (lock.c) speaks only to this interface; a store knows how
+ * to take, release, extend and read one named lease on its backend. The
+ * memcached store (store_memcached.c) is the first; a MySQL GET_LOCK store
+ * or a quorum over several independent servers can sit beside it.
+ *
+ * Every function here runs WITHOUT the Ruby GVL: no Ruby API may be used.
+ * Errors are reported through mm_status plus a message in store->error.
+ */
+#ifndef MEGA_MUTEX_STORE_H
+#define MEGA_MUTEX_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MM_KEY_MAX 250   /* longest key a store must accept */
+#define MM_TOKEN_MAX 200 /* longest owner token */
+#define MM_ERROR_MAX 512
+
+typedef enum {
+  MM_OK = 0,         /* taken / released / extended / found */
+  MM_HELD,           /* someone else holds the lock */
+  MM_ABSENT,         /* nobody holds the lock */
+  MM_TIMEOUT,        /* (lock.c) gave up waiting */
+  MM_INTERRUPTED,    /* (lock.c) Ruby asked the thread to stop waiting */
+  MM_ERR_CONNECTION, /* server unreachable, timed out, failed mid-request */
+  MM_ERR_SERVER      /* server refused: out of memory, no CAS, protocol */
+} mm_status;
+
+typedef struct {
+  const char *ptr;
+  size_t len;
+} mm_bytes;
+
+/* Who holds a lock, as read back from the store. */
+typedef struct {
+  char token[MM_TOKEN_MAX + 1];
+  size_t token_len;
+  uint64_t version; /* memcached: the item's CAS; used for atomic release */
+} mm_holder;
+
+typedef struct mm_store mm_store;
+
+typedef struct {
+  const char *name;
+  /* Take `key` for `token` with a lease of at least `ttl` seconds. MM_OK when
+   * taken (holder->version set for release), MM_HELD when someone else holds
+   * it (holder filled when known). */
+  mm_status (*acquire)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder);
+  /* Remove `key` only if `token` still holds it. `version` is the value
+   * acquire/extend returned; it is a hint and may be stale. MM_OK, or
+   * MM_HELD (someone else holds it now) / MM_ABSENT (gone). */
+  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version);
+  /* Renew the lease of `key` to `ttl` seconds if `token` holds it; the new
+   * version goes to *version. MM_OK, MM_HELD or MM_ABSENT. */
+  mm_status (*extend)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version);
+  /* Read the holder: MM_OK with holder filled, or MM_ABSENT. */
+  mm_status (*read)(mm_store *, mm_bytes key, mm_holder *holder);
+  /* Remove `key` whoever holds it (operator's escape hatch). */
+  mm_status (*force_release)(mm_store *, mm_bytes key);
+  /* Close connections and free. */
+  void (*destroy)(mm_store *);
+  /* Free what is ours alone, touching no socket: used in a forked child,
+   * whose sockets are shared with the parent. */
+  void (*abandon)(mm_store *);
+} mm_store_ops;
+
+struct mm_store {
+  const mm_store_ops *ops;
+  char error[MM_ERROR_MAX]; /* message for the last MM_ERR_* */
+};
+
+/* Server address for mm_memcached_store_new: port 0 means `host` is a
+ * unix socket path. */
+typedef struct {
+  const char *host;
+  unsigned port;
+} mm_server_addr;
+
+typedef struct {
+  const mm_server_addr *servers;
+  size_t server_count;
+  int connect_timeout_ms;
+  int io_timeout_ms;
+  int retry_timeout_s;
+} mm_memcached_options;
+
+/* Returns NULL and fills errbuf on failure. May be called without the GVL. */
+mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf, size_t errlen);
+
+int mm_key_valid(mm_bytes key);
+int mm_token_valid(mm_bytes token);
+
+#endif

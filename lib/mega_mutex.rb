@@ -1,0 +1,124 @@
+# frozen_string_literal: true
+
+# MegaMutex: a distributed mutex for Ruby processes on many machines, kept in
+# memcached. Include the module and wrap a critical section:
+#
+#   class WidgetMaker
+#     include MegaMutex
+#     def ensure_just_enough_things
+#       with_distributed_mutex("WidgetMaker Mutex ID") { make_more_widgets unless enough_widgets? }
+#     end
+#   end
+#
+# The lock logic is a C extension over libmemcached (ext/mega_mutex); this
+# file is the public API: configure, with_distributed_mutex, get_current_lock.
+require "mega_mutex/version"
+require "mega_mutex/errors"
+require "mega_mutex/mega_mutex"
+require "mega_mutex/key"
+require "mega_mutex/configuration"
+require "mega_mutex/pool"
+require "mega_mutex/lock"
+
+module MegaMutex
+  @setup_mutex = Mutex.new
+  @configuration = nil
+  @pool = nil
+
+  class << self
+    # Changes the settings. The block gets a copy of the current
+    # configuration; it takes effect only if the block finishes and every
+    # setting is valid, so a failed configure changes nothing.
+    # @yieldparam config [Configuration]
+    # @return [Configuration] the configuration now in force
+    # @raise [ArgumentError] naming the bad setting
+    def configure
+      config = configuration.dup
+      yield config if block_given?
+      config.validate!
+      config.freeze
+      @setup_mutex.synchronize do
+        old_pool = @pool
+        @configuration = config
+        @pool = Pool.new(config)
+        old_pool&.close
+      end
+      config
+    end
+
+    # @return [Configuration] the settings in force (frozen)
+    def configuration
+      @configuration || @setup_mutex.synchronize { @configuration ||= Configuration.new.validate!.freeze }
+    end
+
+    # Back to the defaults (and ENV["MEMCACHE_SERVERS"]); mostly for tests.
+    # @return [Configuration]
+    def reset_configuration!
+      @setup_mutex.synchronize do
+        @pool&.close
+        @pool = nil
+        @configuration = nil
+      end
+      configuration
+    end
+
+    # @api private
+    # @return [Pool] connections for the configuration in force
+    def pool
+      @pool || @setup_mutex.synchronize { @pool ||= Pool.new(configuration) }
+    end
+
+    # The holder's token for `id`, or nil when nobody holds it.
+    # @param id [String, Symbol, Integer]
+    # @return [String, nil]
+    # @raise [ArgumentError] for a bad id
+    # @raise [ConnectionError] when memcached cannot be reached
+    def get_current_lock(id)
+      key = Key.for(configuration.namespace, id)
+      pool.with { |client| client._read(key) }
+    end
+  end
+
+  # Runs the block while holding the distributed lock named `id`, and returns
+  # the block's value. Only one process (and one thread) anywhere runs a
+  # block for the same id at a time; the others wait their turn.
+  #
+  # Also callable as MegaMutex.with_distributed_mutex, and under the
+  # original gem's other name, with_cross_process_mutex.
+  #
+  # @param id [String, Symbol, Integer] names the lock; any bytes, any length
+  # @param options [Hash, nil] the original gem's positional form: { timeout: 1 }
+  # @option kwargs [Numeric, nil] :timeout seconds to wait (default config.default_timeout;
+  #   nil waits forever; 0 tries once)
+  # @option kwargs [Integer] :ttl lease length in seconds (default config.lock_ttl)
+  # @yieldparam lock [Lock] the lock held (optional)
+  # @return the block's value
+  # @raise [TimeoutError] "Failed to obtain a lock within N seconds."
+  # @raise [ConnectionError] when memcached cannot be reached
+  # @raise [ArgumentError] for a bad id or option, or no block
+  def with_distributed_mutex(id, options = nil, **kwargs, &block)
+    raise ArgumentError, "with_distributed_mutex needs a block" unless block
+
+    opts = MegaMutex.merge_options(options, kwargs)
+    Lock.new(id, **opts).synchronize(&block)
+  end
+  alias with_cross_process_mutex with_distributed_mutex
+
+  # @api private
+  # @return [Hash] keyword options for Lock.new
+  def self.merge_options(options, kwargs)
+    unless options.nil? || options.is_a?(Hash)
+      raise ArgumentError, "options must be a Hash like { timeout: 1 } (got #{options.class})"
+    end
+
+    opts = (options || {}).merge(kwargs)
+    unknown = opts.keys - Lock::OPTIONS
+    unless unknown.empty?
+      raise ArgumentError, "unknown option(s) #{unknown.map(&:inspect).join(', ')} (known: #{Lock::OPTIONS.map(&:inspect).join(', ')})"
+    end
+
+    opts
+  end
+
+  extend self
+end

@@ -1,0 +1,246 @@
+# frozen_string_literal: true
+
+require "securerandom"
+require "socket"
+
+module MegaMutex
+  # One named distributed lock, for code that cannot use a block.
+  #
+  # Reentrant per thread: while a thread holds an id (through any Lock or
+  # with_distributed_mutex), taking the same id again in that thread succeeds
+  # at once, and the lock is released when the outermost holder unlocks.
+  #
+  # @example
+  #   lock = MegaMutex::Lock.new("nightly-report", timeout: 5)
+  #   if lock.try_lock
+  #     begin
+  #       build_report
+  #     ensure
+  #       lock.unlock
+  #     end
+  #   end
+  class Lock
+    # Deferred and immediate interrupt masks, frozen once.
+    DEFER = { Object => :never }.freeze
+    IMMEDIATE = { Object => :immediate }.freeze
+    # Options accepted by {#initialize} and with_distributed_mutex.
+    OPTIONS = %i[timeout ttl].freeze
+
+    # The server-side state of one acquisition, shared by nested holders.
+    # @api private
+    class Hold
+      attr_reader :key, :token, :pool, :thread, :pid
+      attr_accessor :depth, :version, :attempts, :waited, :holder
+
+      def initialize(key, token, pool)
+        @key = key
+        @token = token
+        @pool = pool
+        @thread = Thread.current
+        @pid = Process.pid
+        @depth = 0
+        @version = nil
+      end
+    end
+
+    # @return [Object] the id this lock was made for
+    attr_reader :id
+    # @return [String] the memcached key
+    attr_reader :key
+    # @return [Numeric, nil] the wait limit used by {#lock}; nil waits forever
+    attr_reader :timeout
+    # @return [Integer] lease length in seconds
+    attr_reader :ttl
+
+    # @param id [String, Symbol, Integer] the mutex id
+    # @param timeout [Numeric, nil] seconds {#lock} waits (default: config.default_timeout;
+    #   nil waits forever; 0 tries once)
+    # @param ttl [Integer] lease length in seconds (default: config.lock_ttl)
+    # @raise [ArgumentError] for a bad id, timeout or ttl
+    def initialize(id, timeout: (timeout_unset = true), ttl: nil)
+      config = MegaMutex.configuration
+      @id = id
+      @key = Key.for(config.namespace, id)
+      @timeout = timeout_unset ? config.default_timeout : Configuration.timeout_value(timeout, :timeout)
+      @ttl = ttl.nil? ? config.lock_ttl : Configuration.ttl_value(ttl, :ttl)
+      @config = config
+      @pool = MegaMutex.pool
+      @hold = nil
+      @depth = 0
+    end
+
+    # Takes the lock, waiting up to `timeout` seconds.
+    # @param timeout [Numeric, nil] overrides the lock's timeout
+    # @return [true]
+    # @raise [TimeoutError] when not obtained in time
+    # @raise [ConnectionError, ServerError]
+    def lock(timeout: @timeout)
+      timeout = Configuration.timeout_value(timeout, :timeout)
+      return true if acquire(timeout)
+
+      log(:info) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
+      raise TimeoutError.new(id: @id, timeout: timeout, holder: @last_holder)
+    end
+
+    # Takes the lock if it is free now; never waits.
+    # @return [Boolean] true if taken
+    def try_lock
+      acquire(0)
+    end
+
+    # Gives the lock back. Nested holds (reentrancy) release the lock on the
+    # server when the outermost one unlocks.
+    # @return [Boolean] true if this lock was held and is now given up;
+    #   false if it was not held, or was found lost (expired or taken over)
+    def unlock
+      hold = @hold
+      return false if hold.nil? || hold.pid != Process.pid
+
+      Thread.handle_interrupt(DEFER) do
+        @depth -= 1
+        @hold = nil if @depth.zero?
+        hold.depth -= 1
+        next true if hold.depth.positive?
+
+        Lock.holds(hold.thread).delete(hold.key)
+        released = hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
+        if released
+          log(:debug) { "released #{hold.key}" }
+        else
+          log(:error) { "lock #{hold.key} was lost before release (expired, evicted, or server restarted)" }
+        end
+        released
+      end
+    end
+
+    # @return [Boolean] true while this Lock object holds the lock
+    def owned?
+      !@hold.nil? && @hold.pid == Process.pid && @depth.positive?
+    end
+
+    # Asks memcached whether anyone holds this lock.
+    # @return [Boolean]
+    def locked?
+      !holder.nil?
+    end
+
+    # @return [String, nil] the current holder's token, read from memcached
+    def holder
+      @pool.with { |client| client._read(@key) }
+    end
+
+    # Runs the block holding the lock, and releases it when the block exits,
+    # whether normally or by an exception.
+    # @param timeout [Numeric, nil] overrides the lock's timeout
+    # @yieldparam lock [Lock] this lock (blocks that take no argument work too)
+    # @return the block's value
+    # @raise [TimeoutError] when not obtained in time
+    def synchronize(timeout: @timeout, &block)
+      raise ArgumentError, "synchronize needs a block" unless block
+
+      timeout = Configuration.timeout_value(timeout, :timeout)
+      depth_before = @depth
+      finished = false
+      Thread.handle_interrupt(DEFER) do
+        begin
+          Thread.handle_interrupt(IMMEDIATE) do
+            lock(timeout: timeout)
+            result = block.arity.zero? ? block.call : block.call(self)
+            finished = true
+            result
+          end
+        ensure
+          # @depth grows only once the lock is ours, even if an interrupt
+          # cut lock() short after that: release exactly what this call took.
+          release_after_block(finished) if @depth > depth_before
+        end
+      end
+    end
+
+    # @return [String]
+    def inspect
+      "#<#{self.class.name} id=#{@id.inspect} key=#{@key.inspect} owned=#{owned?}>"
+    end
+
+    # The holds of a thread, by key; reset in a forked child.
+    # @api private
+    # @return [Hash{String => Hold}]
+    def self.holds(thread = Thread.current)
+      registry = thread.thread_variable_get(:mega_mutex_holds)
+      if registry.nil? || registry[:pid] != Process.pid
+        registry = { pid: Process.pid, holds: {} }
+        thread.thread_variable_set(:mega_mutex_holds, registry)
+      end
+      registry[:holds]
+    end
+
+    # A fresh owner token: host, pid and 64 random bits, printable ASCII.
+    # @api private
+    # @return [String]
+    def self.new_token
+      "#{HOST}:#{Process.pid}:#{SecureRandom.hex(8)}"
+    end
+
+    HOST = Socket.gethostname.to_s.b.gsub(/[^\x21-\x7e]/n, "_")[0, 64].then { |h| h.empty? ? "host" : h }.freeze
+    private_constant :HOST
+
+    private
+
+    # @return [Boolean] taken (or already held by this thread)
+    def acquire(timeout)
+      holds = Lock.holds
+      if (hold = holds[@key])
+        adopt(hold)
+        log(:debug) { "reentered #{@key}" }
+        return true
+      end
+
+      hold = Hold.new(@key, Lock.new_token, @pool)
+      log(:debug) { "attempting to lock #{@key}" }
+      taken = false
+      Thread.handle_interrupt(DEFER) do
+        begin
+          Thread.handle_interrupt(IMMEDIATE) do
+            @pool.with do |client|
+              client._acquire(hold, @key, hold.token, @ttl + 1, timeout, @config.backoff_min, @config.backoff_max)
+            end
+          end
+        ensure
+          # C sets hold.version the moment the lock is ours, before any
+          # interrupt can land: register it even if one is on its way.
+          unless hold.version.nil?
+            holds[@key] = hold
+            adopt(hold)
+            taken = true
+          end
+        end
+      end
+      if taken
+        log(:debug) { "locked #{@key} after #{hold.attempts} attempt(s), #{(hold.waited * 1000).round(1)} ms" }
+      else
+        @last_holder = hold.holder
+      end
+      taken
+    end
+
+    def adopt(hold)
+      hold.depth += 1
+      @hold = hold
+      @depth += 1
+    end
+
+    # Unlock after the block; a release error must not hide the block's own.
+    def release_after_block(finished)
+      unlock
+    rescue Error => e
+      raise if finished
+
+      log(:error) { "could not release #{@key} after the block failed: #{e.message}" }
+    end
+
+    def log(level, &block)
+      logger = @config.logger
+      logger&.public_send(level) { "MegaMutex: #{block.call}" }
+    end
+  end
+end

@@ -1,0 +1,81 @@
+# frozen_string_literal: true
+
+module MegaMutex
+  # Connections for one configuration, shared by the threads of one process.
+  #
+  # A libmemcached handle serves one thread at a time, so each operation
+  # checks a client out and back in. After fork the child drops the parent's
+  # clients without closing them (closing would shut down sockets the parent
+  # still uses) and opens its own.
+  # @api private
+  class Pool
+    # Idle clients kept per process.
+    MAX_IDLE = 64
+
+    # @param config [Configuration] a frozen configuration
+    def initialize(config)
+      @config = config
+      @mutex = Mutex.new
+      @idle = []
+      @pid = Process.pid
+    end
+
+    # Yields a client for the duration of the block.
+    # @yieldparam client [Native::Client]
+    # @return the block's value
+    def with
+      client = checkout
+      begin
+        yield client
+      ensure
+        checkin(client)
+      end
+    end
+
+    # Closes the idle connections (those of this process only).
+    # @return [void]
+    def close
+      clients = @mutex.synchronize { take_all }
+      clients.each { |c| c.close unless c.closed? }
+    end
+
+    private
+
+    def checkout
+      client = @mutex.synchronize do
+        forget_parent_clients
+        @idle.pop
+      end
+      client || open_client
+    end
+
+    def checkin(client)
+      @mutex.synchronize do
+        @idle.push(client) if @pid == Process.pid && @idle.size < MAX_IDLE && !client.closed?
+      end
+    end
+
+    def forget_parent_clients
+      return if @pid == Process.pid
+
+      @idle = [] # their handles free themselves without touching the sockets
+      @pid = Process.pid
+    end
+
+    def take_all
+      forget_parent_clients
+      clients = @idle
+      @idle = []
+      clients
+    end
+
+    def open_client
+      Native::Client.new(
+        @config.server_addresses,
+        (@config.connect_timeout * 1000).ceil,
+        (@config.io_timeout * 1000).ceil,
+        1
+      )
+    end
+  end
+end

@@ -1,0 +1,26 @@
+# frozen_string_literal: true
+
+require_relative "lib/mega_mutex/version"
+
+Gem::Specification.new do |spec|
+  spec.name = "mega_mutex"
+  spec.version = MegaMutex::VERSION
+  spec.authors = ["MegaMutex contributors"]
+  spec.summary = "A distributed mutex for Ruby, kept in memcached: one process at a time, on any number of machines."
+  spec.description = <<~DESC
+    include MegaMutex, then with_distributed_mutex("id") { ... }: only one process anywhere runs the
+    block at a time. Leases in memcached taken and released atomically by a C extension over
+    libmemcached; reentrant, thread- and fork-safe, interrupt-safe. Drop-in for the original mega_mutex.
+  DESC
+  spec.license = "MIT"
+  spec.required_ruby_version = ">= 3.0"
+  spec.metadata["rubygems_mfa_required"] = "true"
+
+  spec.files = Dir.chdir(__dir__) do
+    tracked = `git ls-files -z 2>/dev/null`.split("\x0")
+    tracked = Dir["{lib,ext,exe,sig}/**/*", "README.md", "CHANGELOG.md", "LICENSE*"] if tracked.empty?
+    tracked.select { |f| f.match?(%r{\A(?:lib|ext|exe|sig)/|\A(?:README|CHANGELOG|LICENSE)}) && File.file?(f) }
+  end
+  spec.require_paths = ["lib"]
+  spec.extensions = ["ext/mega_mutex/extconf.rb"]
+end
