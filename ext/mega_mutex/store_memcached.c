@@ -35,6 +35,7 @@ typedef struct {
   mm_store base;
   memcached_st *mc;
   memcached_result_st result;
+  memcached_return_t last_rc; /* of the last failure */
 } mm_memcached_store;
 
 int mm_key_valid(mm_bytes key) {
@@ -52,6 +53,7 @@ int mm_token_valid(mm_bytes token) {
 
 static int is_connection_failure(memcached_return_t rc) {
   switch (rc) {
+  case MEMCACHED_FAILURE: /* what mget returns after a broken pipe */
   case MEMCACHED_HOST_LOOKUP_FAILURE:
   case MEMCACHED_CONNECTION_FAILURE:
   case MEMCACHED_CONNECTION_BIND_FAILURE:
@@ -78,11 +80,20 @@ static mm_status fail(mm_memcached_store *s, memcached_return_t rc, mm_bytes key
   const memcached_instance_st *server = memcached_server_by_key(s->mc, key.ptr, key.len, &lookup_rc);
   const char *detail = memcached_last_error_message(s->mc);
   if (detail == NULL || *detail == '\0') detail = memcached_strerror(s->mc, rc);
-  /* libmemcached prefixes the message with "(0x<address>) ": drop it. */
+  s->last_rc = rc;
+  /* libmemcached's message reads "(0x<address>) WHAT(why),  host: h:p ->
+   * file:line": keep "WHAT(why)". */
   if (detail[0] == '(' && detail[1] == '0' && detail[2] == 'x') {
     const char *end = strstr(detail, ") ");
     if (end != NULL) detail = end + 2;
   }
+  char what[256];
+  size_t n = strcspn(detail, ",");
+  if (n >= sizeof what) n = sizeof what - 1;
+  memcpy(what, detail, n);
+  what[n] = '\0';
+  while (n > 0 && what[n - 1] == ' ') what[--n] = '\0';
+  detail = what;
   if (server != NULL && memcached_success(lookup_rc)) {
     snprintf(s->base.error, sizeof s->base.error, "memcached %s:%u failed to %s: %s",
              memcached_server_name(server), (unsigned) memcached_server_port(server), doing, detail);
@@ -169,8 +180,26 @@ static mm_status acquire_confirmed(mm_memcached_store *s, mm_bytes key, mm_bytes
   return fail(s, rc, key, "store a lock");
 }
 
-static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder) {
-  mm_memcached_store *s = (mm_memcached_store *) base;
+/* A connection that broke while idle (server restarted, idle timeout)
+ * fails once and is reconnected by the next call: worth one more try.
+ * A timeout or a server marked dead is not. */
+static int worth_retrying(mm_memcached_store *s, mm_status st) {
+  if (st != MM_ERR_CONNECTION) return 0;
+  switch (s->last_rc) {
+  case MEMCACHED_TIMEOUT:
+  case MEMCACHED_SERVER_MARKED_DEAD:
+  case MEMCACHED_SERVER_TEMPORARILY_DISABLED:
+  case MEMCACHED_CONNECTION_FAILURE:
+  case MEMCACHED_HOST_LOOKUP_FAILURE:
+  case MEMCACHED_NO_SERVERS:
+    return 0;
+  default:
+    return 1;
+  }
+}
+
+static mm_status acquire_once(mm_memcached_store *s, mm_bytes key, mm_bytes token, uint32_t ttl,
+                              mm_holder *holder) {
   mm_status st = set_noreply(s, 1, key);
   if (st != MM_OK) return st;
   memcached_return_t rc = memcached_add(s->mc, key.ptr, key.len, token.ptr, token.len, (time_t) ttl, 0);
@@ -183,7 +212,21 @@ static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32
   if (st == MM_ABSENT) return acquire_confirmed(s, key, token, ttl, holder);
   if (st != MM_OK) return st;
   if (!holder_is(holder, token)) return MM_HELD;
-  return require_cas(s, holder);
+  if ((st = require_cas(s, holder)) != MM_OK) {
+    /* Ours, but not safely releasable later: give it back now (it is ours
+     * this instant; a plain delete is the best a CAS-less server allows). */
+    memcached_return_t rc = memcached_delete(s->mc, key.ptr, key.len, 0);
+    (void) rc; /* the CAS error is what the caller must see */
+  }
+  return st;
+}
+
+/* Taking is idempotent (the token decides), so a retry is always safe. */
+static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder) {
+  mm_memcached_store *s = (mm_memcached_store *) base;
+  mm_status st = acquire_once(s, key, token, ttl, holder);
+  if (worth_retrying(s, st)) st = acquire_once(s, key, token, ttl, holder);
+  return st;
 }
 
 static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version) {
@@ -228,7 +271,10 @@ static mm_status mc_extend(mm_store *base, mm_bytes key, mm_bytes token, uint32_
 }
 
 static mm_status mc_read(mm_store *base, mm_bytes key, mm_holder *holder) {
-  return read_holder((mm_memcached_store *) base, key, holder);
+  mm_memcached_store *s = (mm_memcached_store *) base;
+  mm_status st = read_holder(s, key, holder);
+  if (worth_retrying(s, st)) st = read_holder(s, key, holder);
+  return st;
 }
 
 static mm_status mc_force_release(mm_store *base, mm_bytes key) {

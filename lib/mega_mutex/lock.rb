@@ -20,9 +20,8 @@ module MegaMutex
   #     end
   #   end
   class Lock
-    # Deferred and immediate interrupt masks, frozen once.
+    # Interrupt mask for bookkeeping that must not be cut in half.
     DEFER = { Object => :never }.freeze
-    IMMEDIATE = { Object => :immediate }.freeze
     # Options accepted by {#initialize} and with_distributed_mutex.
     OPTIONS = %i[timeout ttl].freeze
 
@@ -141,19 +140,16 @@ module MegaMutex
       timeout = Configuration.timeout_value(timeout, :timeout)
       depth_before = @depth
       finished = false
-      Thread.handle_interrupt(DEFER) do
-        begin
-          Thread.handle_interrupt(IMMEDIATE) do
-            lock(timeout: timeout)
-            result = block.arity.zero? ? block.call : block.call(self)
-            finished = true
-            result
-          end
-        ensure
-          # @depth grows only once the lock is ours, even if an interrupt
-          # cut lock() short after that: release exactly what this call took.
-          release_after_block(finished) if @depth > depth_before
-        end
+      begin
+        lock(timeout: timeout)
+        result = block.arity.zero? ? block.call : block.call(self)
+        finished = true
+        result
+      ensure
+        # @depth grows only once the lock is ours, even when an interrupt cut
+        # lock() short right after: release exactly what this call took, with
+        # interrupts deferred so the release itself is never cut short.
+        Thread.handle_interrupt(DEFER) { release_after_block(finished) } if @depth > depth_before
       end
     end
 
@@ -198,16 +194,16 @@ module MegaMutex
       hold = Hold.new(@key, Lock.new_token, @pool)
       log(:debug) { "attempting to lock #{@key}" }
       taken = false
-      Thread.handle_interrupt(DEFER) do
-        begin
-          Thread.handle_interrupt(IMMEDIATE) do
-            @pool.with do |client|
-              client._acquire(hold, @key, hold.token, @ttl + 1, timeout, @config.backoff_min, @config.backoff_max)
-            end
-          end
-        ensure
-          # C sets hold.version the moment the lock is ours, before any
-          # interrupt can land: register it even if one is on its way.
+      begin
+        # Runs under the caller's interrupt mask: Timeout, Thread#raise and
+        # Ctrl-C end the wait unless the caller deferred them.
+        @pool.with do |client|
+          client._acquire(hold, @key, hold.token, @ttl + 1, timeout, @config.backoff_min, @config.backoff_max)
+        end
+      ensure
+        # C sets hold.version the moment the lock is ours, before any
+        # interrupt can land: register it even if one is on its way.
+        Thread.handle_interrupt(DEFER) do
           unless hold.version.nil?
             holds[@key] = hold
             adopt(hold)

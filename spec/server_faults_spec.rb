@@ -1,0 +1,108 @@
+# frozen_string_literal: true
+
+require "timeout"
+
+RSpec.describe "server faults" do
+  let(:server) { MemcachedServer.new.start }
+
+  before do
+    MegaMutex.configure do |c|
+      c.memcache_servers = [server.address]
+      c.io_timeout = 0.5
+      c.connect_timeout = 0.5
+    end
+  end
+
+  after { server.stop }
+
+  it "an unreachable server gives ConnectionError within a few seconds and the block never runs" do
+    MegaMutex.configure { |c| c.memcache_servers = ["127.0.0.1:#{MemcachedServer.free_port}"] }
+    ran = false
+    t0 = monotonic
+    expect { MegaMutex.with_distributed_mutex("x") { ran = true } }
+      .to raise_error(MegaMutex::ConnectionError, /127\.0\.0\.1:\d+.*(CONNECTION FAILURE|Connection refused)/)
+    expect(monotonic - t0).to be < 3
+    expect(ran).to be(false)
+    expect { MegaMutex.get_current_lock("x") }.to raise_error(MegaMutex::ConnectionError)
+    expect(MegaMutex::ConnectionError.ancestors).to include(MegaMutex::Error, StandardError)
+  end
+
+  it "a paused server (SIGSTOP) gives ConnectionError within the I/O timeout, never a hang" do
+    MegaMutex.with_distributed_mutex("warm") { nil } # an established connection
+    server.pause
+    ran = false
+    t0 = monotonic
+    expect { MegaMutex.with_distributed_mutex("x") { ran = true } }.to raise_error(MegaMutex::ConnectionError, /TIMEOUT|timed out/i)
+    expect(monotonic - t0).to be < 3
+    expect(ran).to be(false)
+  ensure
+    server.resume
+  end
+
+  it "works again once a stopped server comes back, without restarting Ruby" do
+    MegaMutex.with_distributed_mutex("x") { nil }
+    port = server.port
+    server.stop
+    expect { MegaMutex.with_distributed_mutex("x") { nil } }.to raise_error(MegaMutex::ConnectionError)
+    MemcachedServer.new(port: port).start
+    result = wait_for(within: 10, every: 0.1, message: "locking to work again") do
+      MegaMutex.with_distributed_mutex("x", timeout: 1) { :back }
+    rescue MegaMutex::ConnectionError
+      nil
+    end
+    expect(result).to eq(:back)
+  end
+
+  it "a restarted server (all items lost) is used again at the first call" do
+    MegaMutex.with_distributed_mutex("x") { nil }
+    server.restart
+    expect(MegaMutex.with_distributed_mutex("x") { :fresh_connection }).to eq(:fresh_connection)
+  end
+
+  it "an error while releasing after a failing block does not hide the block's exception" do
+    error = Class.new(StandardError)
+    expect do
+      MegaMutex.with_distributed_mutex("x") do
+        server.stop
+        raise error, "the block's own"
+      end
+    end.to raise_error(error, "the block's own")
+  end
+
+  it "an error while releasing after a good block is raised" do
+    expect { MegaMutex.with_distributed_mutex("x") { server.stop } }.to raise_error(MegaMutex::ConnectionError)
+  end
+
+  context "with CAS disabled on the server (memcached -C)" do
+    let(:server) { MemcachedServer.new(args: ["-C"]).start }
+
+    it "refuses with ServerError instead of releasing unsafely, and never runs the block" do
+      ran = false
+      expect { MegaMutex.with_distributed_mutex("x") { ran = true } }.to raise_error(MegaMutex::ServerError, /CAS/)
+      expect(ran).to be(false)
+      expect(server.get(key_for("x"))).to be_nil # not left behind
+    end
+  end
+
+  context "when a server answers garbage" do
+    it "raises a MegaMutex::Error, not a crash or a hang" do
+      garbage = TCPServer.new("127.0.0.1", 0)
+      acceptor = Thread.new do
+        loop do
+          client = garbage.accept
+          Thread.new(client) do |c|
+            c.readpartial(4096)
+            c.write("HELLO THERE\r\nVALUE x\r\n")
+          rescue IOError, SystemCallError
+            nil
+          end
+        end
+      end
+      MegaMutex.configure { |c| c.memcache_servers = ["127.0.0.1:#{garbage.addr[1]}"] }
+      expect { Timeout.timeout(10) { MegaMutex.with_distributed_mutex("x") { :never } } }.to raise_error(MegaMutex::Error)
+    ensure
+      acceptor&.kill
+      garbage&.close
+    end
+  end
+end

@@ -1,0 +1,37 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "mega_mutex"
+require "securerandom"
+require "rbconfig"
+require "open3"
+require_relative "support/memcached_server"
+require_relative "support/helpers"
+
+RSpec.configure do |config|
+  config.disable_monkey_patching!
+  config.expect_with(:rspec) { |c| c.syntax = :expect }
+  config.example_status_persistence_file_path = ".rspec_status"
+  config.include SpecHelpers
+
+  # One memcached for the whole suite; specs that break servers start their own.
+  config.before(:suite) do
+    SpecHelpers.memcached = MemcachedServer.new.start
+    ENV["MEMCACHE_SERVERS"] = SpecHelpers.memcached.address
+  end
+
+  # Every example gets its own namespace, so no lock leaks between examples.
+  config.before do |example|
+    ns = "t#{SecureRandom.hex(4)}"
+    @namespace = ns
+    MegaMutex.configure do |c|
+      c.memcache_servers = [SpecHelpers.memcached.address]
+      c.namespace = ns
+      c.logger = nil
+    end
+  end
+
+  config.after do
+    MegaMutex.reset_configuration!
+  end
+end
