@@ -18,6 +18,7 @@ require "mega_mutex/mega_mutex"
 require "mega_mutex/key"
 require "mega_mutex/configuration"
 require "mega_mutex/pool"
+require "mega_mutex/renewer"
 require "mega_mutex/lock"
 
 module MegaMutex
@@ -95,6 +96,7 @@ module MegaMutex
   # @return the block's value
   # @raise [TimeoutError] "Failed to obtain a lock within N seconds."
   # @raise [ConnectionError] when memcached cannot be reached
+  # @raise [LockLostError] after the block, if its lease was lost while it ran
   # @raise [ArgumentError] for a bad id or option, or no block
   def with_distributed_mutex(id, options = nil, **kwargs, &block)
     raise ArgumentError, "with_distributed_mutex needs a block" unless block

@@ -25,6 +25,7 @@ module MegaMutex
       io_timeout: 1.0,
       backoff_min: 0.002,
       backoff_max: 0.05,
+      on_lock_lost: :raise,
       logger: nil
     }.freeze
 
@@ -46,6 +47,8 @@ module MegaMutex
     attr_reader :backoff_max
     # @return [#debug, #info, #warn, #error, nil] where MegaMutex logs; nil for silence
     attr_reader :logger
+    # @return [Symbol] :raise (LockLostError after the block) or :log (error log only)
+    attr_reader :on_lock_lost
 
     # A configuration with the defaults; servers from ENV["MEMCACHE_SERVERS"]
     # (comma-separated) when set, else localhost:11211.
@@ -107,6 +110,13 @@ module MegaMutex
     # @param value [Numeric] seconds, more than 0 and at most 10
     def backoff_max=(value)
       @backoff_max = bounded(:backoff_max, value, 0.000001, 10.0)
+    end
+
+    # @param value [Symbol] :raise or :log: what a lease lost while the block ran does
+    def on_lock_lost=(value)
+      raise ArgumentError, "on_lock_lost must be :raise or :log (got #{value.inspect})" unless %i[raise log].include?(value)
+
+      @on_lock_lost = value
     end
 
     # @param value [Logger, nil] anything with debug/info/warn/error

@@ -29,6 +29,25 @@ module MegaMutex
     end
   end
 
+  # The lease was found gone or taken over while the block held it (server
+  # restart, eviction, flush_all, or a process paused past its lease), so
+  # another process may have run the same critical section meanwhile.
+  # Raised by with_distributed_mutex once the block has finished.
+  class LockLostError < Error
+    # @return [Object] the mutex id
+    attr_reader :id
+    # @return [String] what was found
+    attr_reader :reason
+
+    # @param id [Object] the mutex id
+    # @param reason [String] what was found
+    def initialize(message = nil, id: nil, reason: nil)
+      @id = id
+      @reason = reason
+      super(message || "Lost the lock #{id.inspect} while holding it: #{reason}")
+    end
+  end
+
   # memcached could not be reached, timed out, or failed mid-request.
   class ConnectionError < Error; end
 

@@ -28,17 +28,37 @@ module MegaMutex
     # The server-side state of one acquisition, shared by nested holders.
     # @api private
     class Hold
-      attr_reader :key, :token, :pool, :thread, :pid
+      attr_reader :key, :token, :pool, :thread, :pid, :ttl, :config, :lost_reason
       attr_accessor :depth, :version, :attempts, :waited, :holder
 
-      def initialize(key, token, pool)
+      def initialize(key, token, pool, ttl, config)
         @key = key
         @token = token
         @pool = pool
+        @ttl = ttl
+        @config = config
         @thread = Thread.current
         @pid = Process.pid
         @depth = 0
         @version = nil
+        @lost_reason = nil
+      end
+
+      # @return [Boolean] true once the lease was found gone or taken over
+      def lost?
+        !@lost_reason.nil?
+      end
+
+      # Marks the lease lost and logs it at error level.
+      def lose!(reason)
+        return if lost?
+
+        @lost_reason = reason
+        log(:error, "lost lock #{@key}: #{reason}")
+      end
+
+      def log(level, message)
+        @config.logger&.public_send(level) { "MegaMutex: #{message}" }
       end
     end
 
@@ -102,14 +122,22 @@ module MegaMutex
         next true if hold.depth.positive?
 
         Lock.holds(hold.thread).delete(hold.key)
+        Renewer.current.remove(hold)
         released = hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
         if released
           log(:debug) { "released #{hold.key}" }
         else
-          log(:error) { "lock #{hold.key} was lost before release (expired, evicted, or server restarted)" }
+          hold.lose!("it was gone or held by someone else at release (expired, evicted, flushed or server restarted)")
         end
-        released
+        released && !hold.lost?
       end
+    end
+
+    # @return [Boolean] true once this lock's lease was found lost while held
+    #   (expired, evicted, flushed, or the server restarted): mutual exclusion
+    #   may have been broken. Stays true after unlock.
+    def lost?
+      !@last_hold.nil? && @last_hold.lost?
     end
 
     # @return [Boolean] true while this Lock object holds the lock
@@ -191,7 +219,7 @@ module MegaMutex
         return true
       end
 
-      hold = Hold.new(@key, Lock.new_token, @pool)
+      hold = Hold.new(@key, Lock.new_token, @pool, @ttl, @config)
       log(:debug) { "attempting to lock #{@key}" }
       taken = false
       begin
@@ -207,6 +235,7 @@ module MegaMutex
           unless hold.version.nil?
             holds[@key] = hold
             adopt(hold)
+            Renewer.current.add(hold)
             taken = true
           end
         end
@@ -222,12 +251,21 @@ module MegaMutex
     def adopt(hold)
       hold.depth += 1
       @hold = hold
+      @last_hold = hold
       @depth += 1
     end
 
     # Unlock after the block; a release error must not hide the block's own.
+    # A lease lost while the block ran raises LockLostError once the block has
+    # finished (or is only logged, with config.on_lock_lost = :log).
     def release_after_block(finished)
+      hold = @hold
       unlock
+      return unless finished && @depth.zero? && hold&.lost? && @config.on_lock_lost == :raise
+
+      raise LockLostError.new(id: @id, reason: hold.lost_reason)
+    rescue LockLostError
+      raise
     rescue Error => e
       raise if finished
 

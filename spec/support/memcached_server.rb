@@ -87,7 +87,7 @@ class MemcachedServer
       sock.write("#{line}\r\n")
       reply = +""
       Timeout.timeout(5) do
-        reply << sock.readpartial(65_536) until reply.match?(/(END|OK|STORED|NOT_STORED|EXISTS|NOT_FOUND|DELETED|ERROR[^\r]*|VERSION [^\r]*)\r\n\z/)
+        reply << sock.readpartial(65_536) until reply.match?(/(END|OK|STORED|NOT_STORED|EXISTS|NOT_FOUND|DELETED|ERROR[^\r]*|VERSION [^\r]*|HD[^\r]*|EN)\r\n\z/)
       end
       reply
     end

@@ -1,0 +1,109 @@
+# frozen_string_literal: true
+
+module MegaMutex
+  # Keeps held leases alive: one background thread per process extends every
+  # lock it holds, owner-checked and atomically, a third of the way through
+  # its lease, so a block may run far longer than lock_ttl while a crashed
+  # holder's lock still frees itself within lock_ttl (+1 s server tick).
+  #
+  # The thread sleeps on a ConditionVariable (the GVL is released) and is
+  # started on first use, and again in a forked child.
+  # @api private
+  class Renewer
+    # Retry delay after a failed renewal (server unreachable), in seconds.
+    RETRY = 0.2
+
+    class << self
+      # @return [Renewer] this process's renewer
+      def current
+        r = @current
+        return r if r && r.pid == Process.pid
+
+        @create_mutex ||= Mutex.new
+        @create_mutex.synchronize do
+          @current = new if @current.nil? || @current.pid != Process.pid
+          @current
+        end
+      end
+    end
+
+    attr_reader :pid
+
+    def initialize
+      @pid = Process.pid
+      @mutex = Mutex.new
+      @wakeup = ConditionVariable.new
+      @due = {} # Lock::Hold => monotonic time of its next renewal
+      @thread = nil
+    end
+
+    # Starts renewing `hold` every ttl/3 seconds.
+    # @param hold [Lock::Hold]
+    def add(hold)
+      @mutex.synchronize do
+        @due[hold] = now + hold.ttl / 3.0
+        start_thread
+        @wakeup.signal
+      end
+    end
+
+    # Stops renewing `hold` (before it is released).
+    def remove(hold)
+      @mutex.synchronize { @due.delete(hold) }
+    end
+
+    # @return [Integer] holds being renewed (for tests)
+    def size
+      @mutex.synchronize { @due.size }
+    end
+
+    private
+
+    def now
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+
+    def start_thread
+      return if @thread&.alive?
+
+      @thread = Thread.new do
+        # Callers may hold interrupts deferred; this thread must stay killable.
+        Thread.handle_interrupt(Object => :immediate) { run }
+      end
+      @thread.name = "mega_mutex renewer"
+      @thread.report_on_exception = false
+    end
+
+    def run
+      loop do
+        due = @mutex.synchronize do
+          t = now
+          ready = @due.select { |_, at| at <= t }.keys
+          if ready.empty?
+            next_at = @due.values.min
+            @wakeup.wait(@mutex, next_at ? next_at - t : nil)
+          end
+          ready
+        end
+        due.each { |hold| renew(hold) }
+      end
+    end
+
+    def renew(hold)
+      still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.ttl + 1) }
+      @mutex.synchronize do
+        next unless @due.key?(hold) # released meanwhile: nothing to say
+
+        if still_ours
+          @due[hold] = now + hold.ttl / 3.0
+        else
+          @due.delete(hold)
+          hold.lose!("its lease was not found when renewing (expired, evicted, flushed or server restarted)")
+        end
+      end
+    rescue Error => e
+      hold.log(:warn, "could not renew #{hold.key}: #{e.message}")
+      @mutex.synchronize { @due[hold] = now + RETRY if @due.key?(hold) }
+    end
+  end
+end
