@@ -84,6 +84,22 @@ RSpec.describe "server faults" do
     end
   end
 
+  context "with a full server that refuses stores (memcached -M)" do
+    let(:server) { MemcachedServer.new(args: %w[-M -m 2]).start }
+
+    it "reports ServerError instead of spinning on a lock nobody holds" do
+      fill = TCPSocket.new("127.0.0.1", server.port)
+      loop do # fill the slab class a lock item lands in
+        fill.write("set #{@namespace}:filler#{rand(1 << 40)} 0 0 24\r\n#{'x' * 24}\r\n")
+        break unless fill.gets.start_with?("STORED")
+      end
+      expect { Timeout.timeout(10) { MegaMutex.with_distributed_mutex("x" * 20) { :never } } }
+        .to raise_error(MegaMutex::ServerError, /ALLOCATE|out of memory/i)
+    ensure
+      fill&.close
+    end
+  end
+
   context "when a server answers garbage" do
     it "raises a MegaMutex::Error, not a crash or a hang" do
       garbage = TCPServer.new("127.0.0.1", 0)

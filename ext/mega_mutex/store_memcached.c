@@ -79,7 +79,8 @@ static mm_status fail(mm_memcached_store *s, memcached_return_t rc, mm_bytes key
   memcached_return_t lookup_rc = MEMCACHED_SUCCESS;
   const memcached_instance_st *server = memcached_server_by_key(s->mc, key.ptr, key.len, &lookup_rc);
   const char *detail = memcached_last_error_message(s->mc);
-  if (detail == NULL || *detail == '\0') detail = memcached_strerror(s->mc, rc);
+  if (detail == NULL || *detail == '\0' || memcached_last_error(s->mc) != rc)
+    detail = memcached_strerror(s->mc, rc); /* no message recorded for this one */
   s->last_rc = rc;
   /* libmemcached's message reads "(0x<address>) WHAT(why),  host: h:p ->
    * file:line": keep "WHAT(why)". */
