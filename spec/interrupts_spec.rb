@@ -93,18 +93,21 @@ RSpec.describe "interrupts" do
     expect(MegaMutex.get_current_lock("slow")).to be_nil
   end
 
-  it "hundreds of interrupts at random moments leave no lock behind and the connection in step" do
+  it "two thousand interrupts at random moments (free and contended keys) leave no lock behind and the connection in step" do
     ids = %w[free-a free-b]
     contended = held_elsewhere("contended")
     rng = Random.new(42)
-    300.times do |i|
+    interrupted = Hash.new(0)
+    2000.times do |i|
       id = i % 3 == 2 ? "contended" : ids[i % 2]
       begin
-        Timeout.timeout(rng.rand * 0.002) { MegaMutex.with_distributed_mutex(id) { Thread.pass } }
+        Timeout.timeout(rng.rand * 0.0004) { MegaMutex.with_distributed_mutex(id) { Thread.pass } }
       rescue Timeout::Error
-        nil
+        interrupted[id == "contended" ? :contended : :free] += 1
       end
     end
+    expect(interrupted[:contended]).to eq(666) # every wait on a held key was cut short
+    expect(interrupted[:free]).to be > 20      # and many take/block/release cycles were too
     expect(ids.map { |id| MegaMutex.get_current_lock(id) }).to eq([nil, nil])
     expect(MegaMutex.get_current_lock("contended")).to eq(contended.holder)
     expect(MegaMutex::Lock.holds).to be_empty
