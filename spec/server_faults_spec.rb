@@ -39,6 +39,18 @@ RSpec.describe "server faults" do
     server.resume
   end
 
+  it "a take that timed out against a paused server leaves no lock behind once the server resumes" do
+    MegaMutex.with_distributed_mutex("warm") { nil }
+    server.pause
+    expect { MegaMutex.with_distributed_mutex("ghost", timeout: 0) { :never } }.to raise_error(MegaMutex::ConnectionError)
+    server.resume
+    # The queued add lands on resume; the renewer removes it long before its 32 s lease would.
+    wait_for(within: 5, every: 0.05, message: "the orphaned take to be removed") do
+      MegaMutex.get_current_lock("ghost").nil?
+    end
+    expect(MegaMutex.with_distributed_mutex("ghost", timeout: 0) { :free }).to eq(:free)
+  end
+
   it "works again once a stopped server comes back, without restarting Ruby" do
     MegaMutex.with_distributed_mutex("x") { nil }
     port = server.port
@@ -57,6 +69,18 @@ RSpec.describe "server faults" do
     MegaMutex.with_distributed_mutex("x") { nil }
     server.restart
     expect(MegaMutex.with_distributed_mutex("x") { :fresh_connection }).to eq(:fresh_connection)
+  end
+
+  it "a holder whose lock was lost to a restart never releases the new holder's lock (CAS restarts from 0)" do
+    a = MegaMutex::Lock.new("x")
+    a.lock # the first store on a fresh server
+    server.restart
+    b = held_elsewhere("x") # the first store again: the same CAS value as a's
+    expect(a.unlock).to be(false)
+    expect(a).to be_lost
+    expect(MegaMutex.get_current_lock("x")).to eq(b.holder)
+    expect(Thread.new { MegaMutex::Lock.new("x").try_lock }.value).to be(false)
+    expect(b.unlock).to be(true)
   end
 
   it "an error while releasing after a failing block does not hide the block's exception" do

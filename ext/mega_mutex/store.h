@@ -50,7 +50,8 @@ typedef struct {
    * it (holder filled when known). */
   mm_status (*acquire)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder);
   /* Remove `key` only if `token` still holds it. `version` is the value
-   * acquire/extend returned; it is a hint and may be stale. MM_OK, or
+   * acquire/extend returned; a hint a store may ignore (memcached does:
+   * after a server restart an old CAS can match a new holder's item). MM_OK, or
    * MM_HELD (someone else holds it now) / MM_ABSENT (gone). */
   mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version);
   /* Renew the lease of `key` to `ttl` seconds if `token` holds it; the new

@@ -8,9 +8,9 @@
  *            then gets(key) on the same connection: one round trip. The item
  *            read back is the truth: my token means I hold it, and its CAS
  *            lets me release it atomically later.
- *   release  cas(key, token, exptime = a date in 1970, cas): stored only if
- *            nobody changed the item since, and expired at once - an atomic
- *            compare-and-delete. A stale CAS (after a renewal) re-reads.
+ *   release  gets(key), compare the token, then cas(key, token, exptime =
+ *            a date in 1970, cas): stored only if nobody changed the item
+ *            since, and expired at once - an atomic compare-and-delete.
  *   extend   gets, compare token, cas(key, token, new ttl, cas).
  *
  * The item's CAS is never trusted alone (a restarted server counts from 0
@@ -233,6 +233,13 @@ static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32
 static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version) {
   mm_memcached_store *s = (mm_memcached_store *) base;
   mm_holder holder;
+  /* The CAS read when the lock was taken is not trusted: if the server
+   * restarted since, its CAS counter started again from 0 and that value
+   * may now belong to another holder's item. Read the owner and the current
+   * CAS on this connection and compare the token first; a restart between
+   * that read and the cas breaks the connection, so the pair is safe. */
+  (void) version;
+  version = 0;
   for (int attempt = 0; attempt < MM_RELEASE_TRIES; attempt++) {
     if (version == 0) {
       mm_status st = read_holder(s, key, &holder);
@@ -293,11 +300,27 @@ static void mc_destroy(mm_store *base) {
   free(s);
 }
 
+/* Handles abandoned in forked children: kept reachable, never freed. */
+static memcached_st **abandoned;
+static size_t abandoned_count, abandoned_cap;
+
 /* In a forked child: the sockets belong to the parent too. memcached_free
  * would send "quit" and shutdown() them, breaking the parent's connection,
- * so the handle is deliberately left alone (a small, one-off leak). */
+ * so the handle is deliberately left alone (a small, one-off cost per fork)
+ * and kept on a list. The result buffer needs no I/O to free. Called with
+ * the GVL (from GC or close), so the list needs no lock. */
 static void mc_abandon(mm_store *base) {
   mm_memcached_store *s = (mm_memcached_store *) base;
+  memcached_result_free(&s->result);
+  if (abandoned_count == abandoned_cap) {
+    size_t cap = abandoned_cap ? abandoned_cap * 2 : 8;
+    memcached_st **grown = realloc(abandoned, cap * sizeof *grown);
+    if (grown != NULL) {
+      abandoned = grown;
+      abandoned_cap = cap;
+    }
+  }
+  if (abandoned_count < abandoned_cap) abandoned[abandoned_count++] = s->mc;
   s->mc = NULL;
   free(s);
 }

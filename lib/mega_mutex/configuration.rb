@@ -14,8 +14,9 @@ module MegaMutex
   class Configuration
     # memcached's default port.
     DEFAULT_PORT = 11_211
-    # Longest lease memcached accepts as a relative expiry (30 days).
-    MAX_TTL = 2_592_000 - 1
+    # Longest lease: memcached reads expiries above 30 days as dates, and
+    # 2 s are added on the wire.
+    MAX_TTL = 2_592_000 - 2
 
     DEFAULTS = {
       namespace: "mega_mutex",

@@ -22,6 +22,8 @@ module MegaMutex
   class Lock
     # Interrupt mask for bookkeeping that must not be cut in half.
     DEFER = { Object => :never }.freeze
+    # Seconds added to lock_ttl on the wire (see Hold#wire_ttl).
+    WIRE_MARGIN = 2
     # Options accepted by {#initialize} and with_distributed_mutex.
     OPTIONS = %i[timeout ttl].freeze
 
@@ -42,6 +44,15 @@ module MegaMutex
         @depth = 0
         @version = nil
         @lost_reason = nil
+      end
+
+      # The expiry sent to memcached. Its clock ticks once a second, may lag
+      # real time by up to a second and then jump (after a pause of the
+      # server, or a late tick): lock_ttl + 2 keeps the lease at least
+      # lock_ttl long through a jump of up to a second more than the tick.
+      # @return [Integer]
+      def wire_ttl
+        @ttl + WIRE_MARGIN
       end
 
       # @return [Boolean] true once the lease was found gone or taken over
@@ -226,8 +237,11 @@ module MegaMutex
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
         # Ctrl-C end the wait unless the caller deferred them.
         @pool.with do |client|
-          client._acquire(hold, @key, hold.token, @ttl + 1, timeout, @config.backoff_min, @config.backoff_max)
+          client._acquire(hold, @key, hold.token, hold.wire_ttl, timeout, @config.backoff_min, @config.backoff_max)
         end
+      rescue ConnectionError
+        Renewer.current.release_later(hold) # its add may still land
+        raise
       ensure
         # C sets hold.version the moment the lock is ours, before any
         # interrupt can land: register it even if one is on its way.

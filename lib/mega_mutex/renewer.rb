@@ -33,8 +33,22 @@ module MegaMutex
       @pid = Process.pid
       @mutex = Mutex.new
       @wakeup = ConditionVariable.new
-      @due = {} # Lock::Hold => monotonic time of its next renewal
+      @due = {}     # Lock::Hold => monotonic time of its next renewal
+      @orphans = {} # Lock::Hold => [next try, first answer or nil, give up at]
       @thread = nil
+    end
+
+    # Takes over a token whose take failed with a connection error: the
+    # server may still apply that add when it recovers (a paused server
+    # queues it), leaving a lock nobody holds until its lease runs out. The
+    # renewer removes it as soon as the server answers again.
+    # @param hold [Lock::Hold] the failed take (never registered)
+    def release_later(hold)
+      @mutex.synchronize do
+        @orphans[hold] = [now + RETRY, nil, now + hold.wire_ttl + 1]
+        start_thread
+        @wakeup.signal
+      end
     end
 
     # Starts renewing `hold` every ttl/3 seconds.
@@ -76,21 +90,50 @@ module MegaMutex
 
     def run
       loop do
-        due = @mutex.synchronize do
+        due, orphans = @mutex.synchronize do
           t = now
           ready = @due.select { |_, at| at <= t }.keys
-          if ready.empty?
-            next_at = @due.values.min
+          lost = @orphans.select { |_, (at, _, _)| at <= t }.keys
+          if ready.empty? && lost.empty?
+            next_at = (@due.values + @orphans.values.map(&:first)).min
             @wakeup.wait(@mutex, next_at ? next_at - t : nil)
           end
-          ready
+          [ready, lost]
         end
         due.each { |hold| renew(hold) }
+        orphans.each { |hold| clean_up(hold) }
+      end
+    end
+
+    # Removes an orphaned take if it landed; gives up once its lease is over,
+    # or a second after the server first answered without it.
+    def clean_up(hold)
+      holder = hold.pool.with { |client| client._read(hold.key) }
+      done = if holder == hold.token
+               hold.pool.with { |client| client._release(hold.key, hold.token, nil) }
+               hold.log(:info, "removed #{hold.key}, taken by a request that had timed out")
+               true
+             else
+               !holder.nil?
+             end
+      @mutex.synchronize do
+        _, answered, give_up = @orphans[hold]
+        answered ||= now
+        if done || now > give_up || now > answered + 1
+          @orphans.delete(hold)
+        else
+          @orphans[hold] = [now + RETRY, answered, give_up]
+        end
+      end
+    rescue Error
+      @mutex.synchronize do
+        entry = @orphans[hold]
+        if entry.nil? || now > entry[2] then @orphans.delete(hold) else entry[0] = now + RETRY end
       end
     end
 
     def renew(hold)
-      still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.ttl + 1) }
+      still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.wire_ttl) }
       @mutex.synchronize do
         next unless @due.key?(hold) # released meanwhile: nothing to say
 
