@@ -383,7 +383,7 @@ module Chaos
     def initialize(opts)
       @opts = opts
       @rng = Random.new(opts.seed)
-      @lease = opts.ttl + 1 # what the gem sends memcached
+      @lease = opts.ttl + MegaMutex::Lock::WIRE_MARGIN # what the gem sends memcached
       @results = {}
       @failed_dirs = []
     end
