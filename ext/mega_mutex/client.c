@@ -373,6 +373,21 @@ static VALUE client_force_release(VALUE self, VALUE key) {
   return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
 }
 
+/* _server_for(key) -> [host, port]: the server that keeps `key` (port 0:
+ * host is a unix socket path). Pure computation over the server list (the
+ * consistent hash): no I/O, so the GVL stays. */
+static VALUE client_server_for(VALUE self, VALUE key) {
+  key_buf k;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  mm_client *c = client_take(self);
+  char host[1024];
+  unsigned port = 0;
+  mm_status st = c->store->ops->locate(c->store, k.bytes, host, sizeof host, &port);
+  client_give_back(c);
+  if (st != MM_OK) raise_store_error(c->store, st);
+  return rb_assoc_new(rb_str_new_cstr(host), UINT2NUM(port));
+}
+
 /* close -> nil. Closes the connections; later calls raise. */
 static VALUE client_close(VALUE self) {
   mm_client *c = client_take(self);
@@ -408,6 +423,7 @@ void mm_client_init(VALUE mNative) {
   rb_define_method(cClient, "_extend", client_extend, 3);
   rb_define_method(cClient, "_read", client_read, 1);
   rb_define_method(cClient, "_force_release", client_force_release, 1);
+  rb_define_method(cClient, "_server_for", client_server_for, 1);
   rb_define_method(cClient, "close", client_close, 0);
   rb_define_method(cClient, "closed?", client_closed_p, 0);
 }

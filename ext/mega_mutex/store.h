@@ -61,6 +61,9 @@ typedef struct {
   mm_status (*read)(mm_store *, mm_bytes key, mm_holder *holder);
   /* Remove `key` whoever holds it (operator's escape hatch). */
   mm_status (*force_release)(mm_store *, mm_bytes key);
+  /* The server that keeps `key`: host (or socket path) into host[hostlen],
+   * port (0 for a unix socket). MM_OK or MM_ERR_SERVER. No I/O. */
+  mm_status (*locate)(mm_store *, mm_bytes key, char *host, size_t hostlen, unsigned *port);
   /* Close connections and free. */
   void (*destroy)(mm_store *);
   /* Free what is ours alone, touching no socket: used in a forked child,

@@ -293,6 +293,18 @@ static mm_status mc_force_release(mm_store *base, mm_bytes key) {
   return fail(s, rc, key, "remove a lock");
 }
 
+static mm_status mc_locate(mm_store *base, mm_bytes key, char *host, size_t hostlen, unsigned *port) {
+  mm_memcached_store *s = (mm_memcached_store *) base;
+  memcached_return_t rc = MEMCACHED_SUCCESS;
+  const memcached_instance_st *server = memcached_server_by_key(s->mc, key.ptr, key.len, &rc);
+  if (server == NULL || memcached_failed(rc)) return fail(s, rc, key, "find the server of a lock");
+  snprintf(host, hostlen, "%s", memcached_server_name(server));
+  *port = memcached_server_type(server) != NULL && strcmp(memcached_server_type(server), "SOCKET") == 0
+              ? 0
+              : (unsigned) memcached_server_port(server);
+  return MM_OK;
+}
+
 static void mc_destroy(mm_store *base) {
   mm_memcached_store *s = (mm_memcached_store *) base;
   memcached_result_free(&s->result);
@@ -326,8 +338,8 @@ static void mc_abandon(mm_store *base) {
 }
 
 static const mm_store_ops memcached_ops = {
-    "memcached",  mc_acquire, mc_release, mc_extend, mc_read, mc_force_release,
-    mc_destroy,   mc_abandon,
+    "memcached", mc_acquire, mc_release, mc_extend,  mc_read,
+    mc_force_release, mc_locate, mc_destroy, mc_abandon,
 };
 
 #define SET_BEHAVIOR(flag, value)                                                                \
