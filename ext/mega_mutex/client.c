@@ -115,6 +115,30 @@ static double to_seconds(VALUE v, const char *what, int nil_means_forever) {
   return d;
 }
 
+/* The version a caller keeps between _acquire and _release: the item's
+ * version and the store's witness, as an opaque 16-byte String (frozen).
+ * Anything else given back to _release (nil, an Integer) means "unknown":
+ * the release then checks the owner first. */
+static VALUE pack_version(const mm_holder *h) {
+  unsigned char buf[16];
+  for (int i = 0; i < 8; i++) {
+    buf[i] = (unsigned char) (h->version >> (8 * i));
+    buf[8 + i] = (unsigned char) (h->witness >> (8 * i));
+  }
+  return rb_obj_freeze(rb_str_new((const char *) buf, sizeof buf));
+}
+
+static void unpack_version(VALUE v, uint64_t *version, uint64_t *witness) {
+  *version = 0;
+  *witness = 0;
+  if (!RB_TYPE_P(v, T_STRING) || RSTRING_LEN(v) != 16) return;
+  const unsigned char *buf = (const unsigned char *) RSTRING_PTR(v);
+  for (int i = 0; i < 8; i++) {
+    *version |= (uint64_t) buf[i] << (8 * i);
+    *witness |= (uint64_t) buf[8 + i] << (8 * i);
+  }
+}
+
 /* Raise the store's last error; the client must have been given back. */
 static void raise_store_error(mm_store *s, mm_status st) {
   rb_raise(st == MM_ERR_CONNECTION ? eConnectionError : eServerError, "%s", s->error);
@@ -255,7 +279,7 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
   double waited = mm_monotonic() - start;
   switch (a.status) {
   case MM_OK:
-    rb_ivar_set(state, id_iv_version, ULL2NUM(a.holder.version));
+    rb_ivar_set(state, id_iv_version, pack_version(&a.holder));
     rb_ivar_set(state, id_iv_attempts, ULONG2NUM(attempts));
     rb_ivar_set(state, id_iv_waited, DBL2NUM(waited));
     return Qtrue;
@@ -280,7 +304,7 @@ typedef struct {
   mm_store *store;
   mm_bytes key, token;
   unsigned ttl;
-  uint64_t version;
+  uint64_t version, witness;
   mm_holder holder;
   mm_status status;
 } short_args;
@@ -289,7 +313,7 @@ static void *short_nogvl(void *p) {
   short_args *a = p;
   mm_store *s = a->store;
   switch (a->op) {
-  case OP_RELEASE: a->status = s->ops->release(s, a->key, a->token, a->version); break;
+  case OP_RELEASE: a->status = s->ops->release(s, a->key, a->token, a->version, a->witness); break;
   case OP_EXTEND: a->status = s->ops->extend(s, a->key, a->token, a->ttl, &a->version); break;
   case OP_READ: a->status = s->ops->read(s, a->key, &a->holder); break;
   case OP_FORCE: a->status = s->ops->force_release(s, a->key); break;
@@ -322,7 +346,8 @@ static mm_status run_short(VALUE self, short_args *a) {
 }
 
 /* _release(key, token, version) -> true if our lock was removed, false if
- * it was gone or held by someone else. */
+ * it was gone or held by someone else. `version` is what _acquire left in
+ * @version (nil when unknown). */
 static VALUE client_release(VALUE self, VALUE key, VALUE token, VALUE version) {
   key_buf k, t;
   copy_key(key, &k, MM_KEY_MAX, "key");
@@ -332,7 +357,7 @@ static VALUE client_release(VALUE self, VALUE key, VALUE token, VALUE version) {
   a.op = OP_RELEASE;
   a.key = k.bytes;
   a.token = t.bytes;
-  a.version = NIL_P(version) ? 0 : NUM2ULL(version);
+  unpack_version(version, &a.version, &a.witness);
   return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
 }
 

@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,11 +96,28 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
   if (seed == 0) seed = 0x9E3779B97F4A7C15ULL;
   mm_status st;
 
+  /* Who held it at the last attempt: a lock that changes hands between two
+   * attempts is turning over quickly, so the backoff starts again from the
+   * minimum; one held by the same holder all along gets polled less and less
+   * often, down to one attempt per backoff_max. */
+  char seen[MM_TOKEN_MAX + 1];
+  size_t seen_len = 0;
+  uint64_t seen_version = 0;
+  int seen_any = 0;
+
   stats->attempts = 0;
   for (;;) {
     stats->attempts++;
     st = store->ops->acquire(store, key, token, ttl, holder);
     if (st != MM_HELD) break;
+
+    int changed = !seen_any || holder->version != seen_version || holder->token_len != seen_len ||
+                  memcmp(holder->token, seen, seen_len) != 0;
+    if (changed && seen_any) backoff = policy->backoff_min;
+    memcpy(seen, holder->token, holder->token_len);
+    seen_len = holder->token_len;
+    seen_version = holder->version;
+    seen_any = 1;
 
     double now = mm_monotonic();
     if (now >= deadline) {

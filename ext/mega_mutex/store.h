@@ -39,6 +39,8 @@ typedef struct {
   char token[MM_TOKEN_MAX + 1];
   size_t token_len;
   uint64_t version; /* memcached: the item's CAS; used for atomic release */
+  uint64_t witness; /* names the connection `version` was read on, unchanged
+                       since (see store_memcached.c); 0 when unknown */
 } mm_holder;
 
 typedef struct mm_store mm_store;
@@ -49,11 +51,11 @@ typedef struct {
    * taken (holder->version set for release), MM_HELD when someone else holds
    * it (holder filled when known). */
   mm_status (*acquire)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder);
-  /* Remove `key` only if `token` still holds it. `version` is the value
-   * acquire/extend returned; a hint a store may ignore (memcached does:
-   * after a server restart an old CAS can match a new holder's item). MM_OK, or
+  /* Remove `key` only if `token` still holds it. `version` and `witness`
+   * are what acquire returned (0 when unknown): hints a store may use to
+   * save a round trip when it can prove them still valid. MM_OK, or
    * MM_HELD (someone else holds it now) / MM_ABSENT (gone). */
-  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version);
+  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness);
   /* Renew the lease of `key` to `ttl` seconds if `token` holds it; the new
    * version goes to *version. MM_OK, MM_HELD or MM_ABSENT. */
   mm_status (*extend)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version);

@@ -8,15 +8,28 @@
  *            then gets(key) on the same connection: one round trip. The item
  *            read back is the truth: my token means I hold it, and its CAS
  *            lets me release it atomically later.
- *   release  gets(key), compare the token, then cas(key, token, exptime =
- *            a date in 1970, cas): stored only if nobody changed the item
- *            since, and expired at once - an atomic compare-and-delete.
+ *   release  cas(key, token, exptime = a date in 1970, cas): stored only if
+ *            nobody changed the item since, and expired at once - an atomic
+ *            compare-and-delete, one round trip. Only when the CAS is proven
+ *            current (see "witness" below); otherwise gets(key), compare the
+ *            token, then that cas.
  *   extend   gets, compare token, cas(key, token, new ttl, cas).
  *
- * The item's CAS is never trusted alone (a restarted server counts from 0
- * again): the token is always compared first. A CAS of 0 (server run with
- * -C) is refused, since cas with 0 derails libmemcached's text protocol.
- *
+ * The witness. A restarted server counts CAS from 0 again, so an old CAS
+ * can match a new holder's item: a CAS alone is no proof of ownership. But
+ * a TCP (or unix socket) connection cannot outlive the server process it
+ * was opened to. So a CAS read on a connection, then used on that same
+ * connection, with no failure on it in between, is a CAS of the same server
+ * process - unique for its lifetime - and the 1-round-trip cas is safe.
+ * libmemcached reconnects only after closing a connection, and it closes
+ * one only on a failure it reports (or on quit/free, which we never call on
+ * a live store). Each store therefore carries an epoch, drawn from one
+ * process-wide counter and renewed on every failure: acquire returns it
+ * with the CAS (holder->witness), and release takes the short path only
+ * when it finds the same epoch on the same store. Anything else - another
+ * connection, a failure since, a renewal by another connection (its cas
+ * changed the CAS: EXISTS) - takes the long path, which compares the token.
+
  * All functions here run without the GVL and use no Ruby API.
  */
 #include "store.h"
@@ -36,7 +49,18 @@ typedef struct {
   memcached_st *mc;
   memcached_result_st result;
   memcached_return_t last_rc; /* of the last failure */
+  uint64_t epoch;             /* renewed on every failure: see "witness" above */
 } mm_memcached_store;
+
+/* Epochs are unique across the stores of a process, so a witness from one
+ * store never matches another's. Never 0 (0 means "unknown"). */
+static uint64_t epoch_counter;
+
+static uint64_t next_epoch(void) { return __atomic_add_fetch(&epoch_counter, 1, __ATOMIC_RELAXED); }
+
+/* Any failure may have closed a connection: nothing read before it is
+ * witnessed any more. */
+static void connection_suspect(mm_memcached_store *s) { s->epoch = next_epoch(); }
 
 int mm_key_valid(mm_bytes key) {
   if (key.len == 0 || key.len > MM_KEY_MAX) return 0;
@@ -76,6 +100,7 @@ static int is_connection_failure(memcached_return_t rc) {
 
 /* Record the error of `rc` for `key` and classify it. */
 static mm_status fail(mm_memcached_store *s, memcached_return_t rc, mm_bytes key, const char *doing) {
+  connection_suspect(s);
   memcached_return_t lookup_rc = MEMCACHED_SUCCESS;
   const memcached_instance_st *server = memcached_server_by_key(s->mc, key.ptr, key.len, &lookup_rc);
   const char *detail = memcached_last_error_message(s->mc);
@@ -105,6 +130,7 @@ static mm_status fail(mm_memcached_store *s, memcached_return_t rc, mm_bytes key
 }
 
 static mm_status fail_msg(mm_memcached_store *s, const char *msg) {
+  connection_suspect(s);
   snprintf(s->base.error, sizeof s->base.error, "%s", msg);
   return MM_ERR_SERVER;
 }
@@ -128,6 +154,7 @@ static mm_status read_holder(mm_memcached_store *s, mm_bytes key, mm_holder *hol
     holder->token[len] = '\0';
     holder->token_len = len;
     holder->version = memcached_result_cas(res);
+    holder->witness = s->epoch;
     found = 1;
   }
   if (fetch_rc != MEMCACHED_END && fetch_rc != MEMCACHED_NOTFOUND && memcached_failed(fetch_rc))
@@ -217,7 +244,8 @@ static mm_status acquire_once(mm_memcached_store *s, mm_bytes key, mm_bytes toke
     /* Ours, but not safely releasable later: give it back now (it is ours
      * this instant; a plain delete is the best a CAS-less server allows). */
     memcached_return_t rc = memcached_delete(s->mc, key.ptr, key.len, 0);
-    (void) rc; /* the CAS error is what the caller must see */
+    (void) rc; /* the CAS error is what the caller must see (require_cas
+                  has already renewed the epoch) */
   }
   return st;
 }
@@ -230,32 +258,43 @@ static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32
   return st;
 }
 
-static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version) {
-  mm_memcached_store *s = (mm_memcached_store *) base;
+/* The long path: read the owner and the current CAS on this connection,
+ * compare the token, then cas. A restart between that read and the cas
+ * breaks the connection, so the pair is safe. */
+static mm_status release_checked(mm_memcached_store *s, mm_bytes key, mm_bytes token) {
   mm_holder holder;
-  /* The CAS read when the lock was taken is not trusted: if the server
-   * restarted since, its CAS counter started again from 0 and that value
-   * may now belong to another holder's item. Read the owner and the current
-   * CAS on this connection and compare the token first; a restart between
-   * that read and the cas breaks the connection, so the pair is safe. */
-  (void) version;
-  version = 0;
   for (int attempt = 0; attempt < MM_RELEASE_TRIES; attempt++) {
-    if (version == 0) {
-      mm_status st = read_holder(s, key, &holder);
-      if (st != MM_OK) return st;
-      if (!holder_is(&holder, token)) return MM_HELD;
-      if ((st = require_cas(s, &holder)) != MM_OK) return st;
-      version = holder.version;
-    }
+    mm_status st = read_holder(s, key, &holder);
+    if (st != MM_OK) return st;
+    if (!holder_is(&holder, token)) return MM_HELD;
+    if ((st = require_cas(s, &holder)) != MM_OK) return st;
     memcached_return_t rc =
-        memcached_cas(s->mc, key.ptr, key.len, token.ptr, token.len, MM_EXPIRE_NOW, 0, version);
+        memcached_cas(s->mc, key.ptr, key.len, token.ptr, token.len, MM_EXPIRE_NOW, 0, holder.version);
     if (rc == MEMCACHED_SUCCESS) return MM_OK;
     if (rc == MEMCACHED_NOTFOUND) return MM_ABSENT;
     if (rc != MEMCACHED_DATA_EXISTS) return fail(s, rc, key, "release a lock");
-    version = 0; /* changed since we read it (renewed, or taken over): look again */
+    /* changed since we read it (renewed meanwhile): look again */
   }
   return fail_msg(s, "the lock kept changing while being released");
+}
+
+static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness) {
+  mm_memcached_store *s = (mm_memcached_store *) base;
+  if (version == 0 || witness == 0 || witness != s->epoch) return release_checked(s, key, token);
+
+  /* The short path: `version` was read on this very connection, which has
+   * not failed since, so it is a CAS of this server process. */
+  memcached_return_t rc = memcached_cas(s->mc, key.ptr, key.len, token.ptr, token.len, MM_EXPIRE_NOW, 0, version);
+  if (rc == MEMCACHED_SUCCESS) return MM_OK;
+  if (rc == MEMCACHED_NOTFOUND) return MM_ABSENT; /* expired: nobody holds it */
+  if (rc == MEMCACHED_DATA_EXISTS) return release_checked(s, key, token); /* renewed, or taken over */
+  mm_status st = fail(s, rc, key, "release a lock");
+  /* The connection failed (a restarted server: the cas went to a socket
+   * nobody reads, and libmemcached has already reconnected). Ask the server
+   * on a fresh connection - unless it merely timed out, which a second
+   * request would only repeat. */
+  if (st == MM_ERR_CONNECTION && s->last_rc != MEMCACHED_TIMEOUT) return release_checked(s, key, token);
+  return st;
 }
 
 static mm_status mc_extend(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version) {
@@ -393,6 +432,7 @@ mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf,
 
   s->base.ops = &memcached_ops;
   s->mc = mc;
+  s->epoch = next_epoch();
   return &s->base;
 
 error:

@@ -73,8 +73,12 @@ class MemcachedServer
     start
   end
 
+  # SIGSTOP, then wait until every thread of the server is stopped: kill
+  # returns before a thread busy on another core has stopped, and such a
+  # thread may still answer a request or two.
   def pause
     Process.kill(:STOP, @pid)
+    Timeout.timeout(5) { sleep 0.001 until thread_states.all?("T") }
   end
 
   def resume
@@ -115,6 +119,15 @@ class MemcachedServer
   end
 
   private
+
+  # The scheduler states ("R", "S", "T", ...) of the server's threads.
+  def thread_states
+    Dir["/proc/#{@pid}/task/*/stat"].filter_map do |path|
+      File.read(path)[/\) (\S)/, 1]
+    rescue Errno::ENOENT, Errno::ESRCH
+      nil
+    end
+  end
 
   def wait_until_up
     Timeout.timeout(5) do
