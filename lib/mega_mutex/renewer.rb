@@ -12,6 +12,12 @@ module MegaMutex
   class Renewer
     # Retry delay after a failed renewal (server unreachable), in seconds.
     RETRY = 0.2
+    # While locks are being taken, the thread wakes at least this often
+    # (seconds), so a new lock needs no wake-up call: below lock_ttl / 3 for
+    # the shortest lease (1 s).
+    IDLE_TICK = 0.25
+    # Seconds without any lock after which the thread sleeps until signalled.
+    IDLE_PARK = 5.0
 
     class << self
       # @return [Renewer] this process's renewer
@@ -36,6 +42,8 @@ module MegaMutex
       @due = {}     # Lock::Hold => monotonic time of its next renewal
       @orphans = {} # Lock::Hold => [next try, first answer or nil, give up at]
       @thread = nil
+      @wake_at = nil # when the thread will wake by itself; nil: only if signalled
+      @active_at = now # when a lock was last taken
     end
 
     # Takes over a token whose take failed with a connection error: the
@@ -55,9 +63,13 @@ module MegaMutex
     # @param hold [Lock::Hold]
     def add(hold)
       @mutex.synchronize do
-        @due[hold] = now + hold.ttl / 3.0
+        @active_at = now
+        due = @active_at + hold.ttl / 3.0
+        @due[hold] = due
         start_thread
-        @wakeup.signal
+        # The thread wakes at @wake_at anyway; a signal (a thread switch on
+        # every lock taken) is only needed when that is too late.
+        @wakeup.signal if @wake_at.nil? || @wake_at > due
       end
     end
 
@@ -95,14 +107,28 @@ module MegaMutex
           ready = @due.select { |_, at| at <= t }.keys
           lost = @orphans.select { |_, (at, _, _)| at <= t }.keys
           if ready.empty? && lost.empty?
-            next_at = (@due.values + @orphans.values.map(&:first)).min
-            @wakeup.wait(@mutex, next_at ? next_at - t : nil)
+            @wake_at = next_wake(t)
+            @wakeup.wait(@mutex, @wake_at && @wake_at - t)
+            @wake_at = 0 # awake: add need not signal, the loop looks again
           end
           [ready, lost]
         end
         due.each { |hold| renew(hold) }
         orphans.each { |hold| clean_up(hold) }
       end
+    end
+
+    # When the thread must wake next; nil to sleep until signalled. While
+    # locks come and go it ticks every IDLE_TICK even with nothing to renew,
+    # so taking a lock needs no signal (a lease is never shorter than a
+    # second, renewed at a third of it: later than a tick); after IDLE_PARK
+    # seconds without any lock it sleeps until the next one.
+    def next_wake(t)
+      next_at = (@due.values + @orphans.values.map(&:first)).min
+      return [next_at, t + IDLE_TICK].min if next_at
+      return t + IDLE_TICK if t - @active_at < IDLE_PARK
+
+      nil
     end
 
     # Removes an orphaned take if it landed; gives up once its lease is over,
