@@ -19,6 +19,7 @@ require "mega_mutex/key"
 require "mega_mutex/configuration"
 require "mega_mutex/pool"
 require "mega_mutex/renewer"
+require "mega_mutex/instrumentation"
 require "mega_mutex/lock"
 
 module MegaMutex
@@ -124,3 +125,6 @@ module MegaMutex
 
   extend self
 end
+
+# Rails: config.mega_mutex and Rails.logger (see MegaMutex::Railtie).
+require "mega_mutex/railtie" if defined?(Rails::Railtie) && !defined?(MegaMutex::Railtie)

@@ -30,10 +30,45 @@ module MegaMutex
     # The server-side state of one acquisition, shared by nested holders.
     # @api private
     class Hold
-      attr_reader :key, :token, :pool, :thread, :pid, :ttl, :config, :lost_reason
-      attr_accessor :depth, :version, :attempts, :waited, :holder
+      # @return [Object] the mutex id it was taken for (the first, for nested holds)
+      attr_reader :id
+      # @return [String] the memcached key
+      attr_reader :key
+      # @return [String] this acquisition's owner token (the value stored)
+      attr_reader :token
+      # @return [Pool] the connections it was taken through
+      attr_reader :pool
+      # @return [Thread] the thread that took it
+      attr_reader :thread
+      # @return [Integer] the process that took it
+      attr_reader :pid
+      # @return [Integer] lease length in seconds
+      attr_reader :ttl
+      # @return [Configuration] the configuration it was taken under
+      attr_reader :config
+      # @return [String, nil] why the lease was found lost, if it was
+      attr_reader :lost_reason
+      # @return [Integer] how many nested holders share it
+      attr_accessor :depth
+      # @return [Object, nil] the server's version of the item; set by the extension once taken
+      attr_accessor :version
+      # @return [Integer] take attempts made; set by the extension
+      attr_accessor :attempts
+      # @return [Float] seconds spent taking it; set by the extension
+      attr_accessor :waited
+      # @return [String, nil] the holder's token seen last, after a failed take
+      attr_accessor :holder
+      # @return [Float, nil] monotonic time at which it was taken
+      attr_accessor :locked_at
 
-      def initialize(key, token, pool, ttl, config)
+      # @param id [Object] the mutex id
+      # @param key [String] the memcached key
+      # @param token [String] the owner token to store
+      # @param pool [Pool]
+      # @param ttl [Integer] lease in seconds
+      # @param config [Configuration]
+      def initialize(id, key, token, pool, ttl, config)
+        @id = id
         @key = key
         @token = token
         @pool = pool
@@ -43,6 +78,7 @@ module MegaMutex
         @pid = Process.pid
         @depth = 0
         @version = nil
+        @locked_at = nil
         @lost_reason = nil
       end
 
@@ -60,14 +96,29 @@ module MegaMutex
         !@lost_reason.nil?
       end
 
-      # Marks the lease lost and logs it at error level.
+      # Marks the lease lost, logs it at error level and publishes
+      # lost.mega_mutex. Called by the releasing thread or the renewer thread.
       def lose!(reason)
         return if lost?
 
         @lost_reason = reason
-        log(:error, "lost lock #{@key}: #{reason}")
+        log(:error, "lost lock #{@key} (lock_id: #{@token}): #{reason}")
+        return unless Instrumentation.listening?(Instrumentation::LOST)
+
+        Instrumentation.instrument(Instrumentation::LOST, { id: @id, key: @key, reason: reason }, @config.logger)
       end
 
+      # @return [Float] seconds since the lock was taken (0.0 if it was not)
+      def held
+        return 0.0 if @locked_at.nil?
+
+        Process.clock_gettime(Process::CLOCK_MONOTONIC) - @locked_at
+      end
+
+      # Logs `message` through config.logger, if any.
+      # @param level [Symbol] :debug, :info, :warn or :error
+      # @param message [String]
+      # @return [void]
       def log(level, message)
         @config.logger&.public_send(level) { "MegaMutex: #{message}" }
       end
@@ -108,7 +159,11 @@ module MegaMutex
       timeout = Configuration.timeout_value(timeout, :timeout)
       return true if acquire(timeout)
 
-      log(:info) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
+      log(:debug) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
+      if Instrumentation.listening?(Instrumentation::TIMEOUT)
+        Instrumentation.instrument(Instrumentation::TIMEOUT,
+                                   { id: @id, key: @key, timeout: timeout, holder: @last_holder }, @config.logger)
+      end
       raise TimeoutError.new(id: @id, timeout: timeout, holder: @last_holder)
     end
 
@@ -134,11 +189,16 @@ module MegaMutex
 
         Lock.holds(hold.thread).delete(hold.key)
         Renewer.current.remove(hold)
+        log(:debug) { "unlocking #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms" }
         released = hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
         if released
-          log(:debug) { "released #{hold.key}" }
+          log(:debug) { "released #{hold.key} (lock_id: #{hold.token})" }
         else
           hold.lose!("it was gone or held by someone else at release (expired, evicted, flushed or server restarted)")
+        end
+        if Instrumentation.listening?(Instrumentation::RELEASE)
+          Instrumentation.instrument(Instrumentation::RELEASE,
+                                     { id: hold.id, key: hold.key, held: hold.held, lost: hold.lost? }, @config.logger)
         end
         released && !hold.lost?
       end
@@ -226,12 +286,12 @@ module MegaMutex
       holds = Lock.holds
       if (hold = holds[@key])
         adopt(hold)
-        log(:debug) { "reentered #{@key}" }
+        log(:debug) { "reentered #{@key} (lock_id: #{hold.token})" }
         return true
       end
 
-      hold = Hold.new(@key, Lock.new_token, @pool, @ttl, @config)
-      log(:debug) { "attempting to lock #{@key}" }
+      hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
+      log(:debug) { "attempting to lock #{@key} (lock_id: #{hold.token})" }
       taken = false
       begin
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
@@ -247,6 +307,7 @@ module MegaMutex
         # interrupt can land: register it even if one is on its way.
         Thread.handle_interrupt(DEFER) do
           unless hold.version.nil?
+            hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
             holds[@key] = hold
             adopt(hold)
             Renewer.current.add(hold)
@@ -255,9 +316,14 @@ module MegaMutex
         end
       end
       if taken
-        log(:debug) { "locked #{@key} after #{hold.attempts} attempt(s), #{(hold.waited * 1000).round(1)} ms" }
+        log(:debug) { "locked #{@key} (lock_id: #{hold.token}) after #{hold.attempts} attempt(s), #{(hold.waited * 1000).round(1)} ms" }
+        if Instrumentation.listening?(Instrumentation::ACQUIRE)
+          Instrumentation.instrument(Instrumentation::ACQUIRE,
+                                     { id: @id, key: @key, wait: hold.waited, attempts: hold.attempts }, @config.logger)
+        end
       else
         @last_holder = hold.holder
+        log(:debug) { "could not lock #{@key} (lock_id: #{hold.token}) in #{hold.attempts} attempt(s): held by #{@last_holder || 'unknown'}" }
       end
       taken
     end
@@ -286,9 +352,13 @@ module MegaMutex
       log(:error) { "could not release #{@key} after the block failed: #{e.message}" }
     end
 
-    def log(level, &block)
+    # Logs the block's message through config.logger. The block is yielded,
+    # not captured: without a logger a call allocates nothing.
+    def log(level)
       logger = @config.logger
-      logger&.public_send(level) { "MegaMutex: #{block.call}" }
+      return if logger.nil?
+
+      logger.public_send(level) { "MegaMutex: #{yield}" }
     end
   end
 end

@@ -1,0 +1,71 @@
+# frozen_string_literal: true
+
+require "rails/railtie"
+
+module MegaMutex
+  # Configures MegaMutex from a Rails application's config. Loaded by
+  # `require "mega_mutex"` when Rails::Railtie is defined (Bundler.require in
+  # config/application.rb does this); require "mega_mutex/railtie" yourself
+  # if mega_mutex is loaded before Rails.
+  #
+  # Every {Configuration} setting may be given as `config.mega_mutex.NAME`;
+  # they are applied through {MegaMutex.configure} before the application's
+  # config/initializers run, so a `MegaMutex.configure` block in an
+  # initializer sees them and wins over them. The logger defaults to
+  # Rails.logger unless `config.mega_mutex.logger` is set (nil silences it).
+  # A bad or unknown setting raises ArgumentError naming it, at boot.
+  #
+  # @example config/application.rb
+  #   config.mega_mutex.memcache_servers = ["mc1:11211", "mc2:11211"]
+  #   config.mega_mutex.namespace = "myapp_#{Rails.env}"
+  #   config.mega_mutex.lock_ttl = 60
+  class Railtie < ::Rails::Railtie
+    config.mega_mutex = ActiveSupport::OrderedOptions.new
+
+    initializer "mega_mutex.configure", before: :load_config_initializers do |app|
+      MegaMutex::Railtie.apply(app.config.mega_mutex, logger: ::Rails.logger)
+    end
+
+    class << self
+      # The settings {Configuration} has a setter for, e.g. :namespace.
+      # @return [Array<Symbol>]
+      def settings
+        Configuration.public_instance_methods(false)
+                     .map(&:to_s).grep(/\A[a-z_]\w*=\z/).map { |name| name.chomp("=").to_sym }.sort
+      end
+
+      # Applies `options` through {MegaMutex.configure}; sets `logger` as the
+      # logger unless `options` names one or one is configured already.
+      # @param options [Hash, ActiveSupport::OrderedOptions] setting => value
+      # @param logger [#debug, #info, #warn, #error, nil] the default logger (Rails.logger)
+      # @return [Configuration] the configuration now in force
+      # @raise [ArgumentError] naming an unknown or bad setting
+      def apply(options, logger: nil)
+        known = settings
+        given = options.to_h.transform_keys(&:to_sym)
+        unknown = given.keys - known
+        unless unknown.empty?
+          raise ArgumentError, "config.mega_mutex: unknown setting(s) #{unknown.map(&:inspect).join(', ')} " \
+                               "(known: #{known.map(&:inspect).join(', ')})"
+        end
+
+        MegaMutex.configure do |config|
+          given.each do |name, value|
+            config.public_send(:"#{name}=", value)
+          rescue ArgumentError => e
+            raise ArgumentError, "config.mega_mutex.#{name}: #{e.message}"
+          end
+          config.logger = logger if !given.key?(:logger) && config.logger.nil? && !logger.nil?
+          begin
+            config.validate!
+          rescue ArgumentError => e
+            raise ArgumentError, "config.mega_mutex: #{e.message}"
+          end
+        end
+      end
+    end
+  end
+end
+
+# Loaded on its own (before mega_mutex): bring in the rest of the gem.
+require "mega_mutex" unless defined?(MegaMutex.configure)

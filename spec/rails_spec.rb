@@ -1,0 +1,250 @@
+# frozen_string_literal: true
+
+require "net/http"
+require "json"
+require "tmpdir"
+
+# Boots the real Rails application in spec/fixtures/rails_app with puma, on a
+# free loopback port, pointed at the suite's memcached, and takes locks
+# through HTTP requests.
+RSpec.describe "Rails integration (MegaMutex::Railtie)" do
+  app_root = File.join(SpecHelpers::ROOT, "spec", "fixtures", "rails_app")
+
+  # A puma process serving the fixture app; stopped by pid with TERM.
+  rails_server = Struct.new(:env, :app_root, :dir, :port, :pid, :log_path, :out_path) do
+    def start
+      3.times do
+        self.port = MemcachedServer.free_port
+        self.log_path = File.join(dir, "rails-#{port}.log")
+        self.out_path = File.join(dir, "puma-#{port}.out")
+        self.pid = Process.spawn(env.merge("MM_LOG" => log_path, "RAILS_ENV" => "production"),
+                                 RbConfig.ruby, Gem.bin_path("puma", "puma"), "--no-config",
+                                 "-b", "tcp://127.0.0.1:#{port}", "-t", "4:4", "-e", "production", "config.ru",
+                                 chdir: app_root, out: out_path, err: out_path, pgroup: true)
+        return self if wait_until_up
+      end
+      raise "puma did not start:\n#{File.read(out_path)}"
+    end
+
+    # @return [Boolean] false if puma exited (e.g. the port was taken meanwhile)
+    def wait_until_up
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+      loop do
+        return false if Process.waitpid(pid, Process::WNOHANG)
+
+        begin
+          return true if get("/up").code == "200"
+        rescue Errno::ECONNREFUSED, Errno::ECONNRESET, EOFError, Net::ReadTimeout
+          nil
+        end
+        raise "puma did not answer within 30 s:\n#{File.read(out_path)}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+    end
+
+    def get(path)
+      Net::HTTP.start("127.0.0.1", port, open_timeout: 5, read_timeout: 30) { |http| http.get(path) }
+    end
+
+    def get_json(path)
+      response = get(path)
+      [response.code, JSON.parse(response.body)]
+    end
+
+    def log
+      File.read(log_path)
+    end
+
+    def stop
+      return unless pid
+
+      Process.kill(:TERM, pid)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+      until Process.waitpid(pid, Process::WNOHANG)
+        if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+          Process.kill(:KILL, pid)
+          Process.waitpid(pid)
+          break
+        end
+        sleep 0.02
+      end
+    rescue Errno::ESRCH, Errno::ECHILD
+      nil
+    ensure
+      self.pid = nil
+    end
+  end
+
+  define_method(:app_root) { app_root }
+  define_method(:rails_server) { rails_server }
+
+  # Boots the app without a server (ruby -e 'require config/environment');
+  # returns [stdout, stderr, status].
+  def boot(env, script = "")
+    full = { "MM_SERVERS" => memcached.address, "RAILS_ENV" => "production" }.merge(env)
+    Open3.capture3(full, RbConfig.ruby, "-e", "require './config/environment'; #{script}", chdir: app_root)
+  end
+
+  # The index of the first log line matching `pattern`.
+  def log_index(log, pattern)
+    log.lines.index { |line| line.match?(pattern) } || raise("no log line matches #{pattern.inspect}:\n#{log}")
+  end
+
+  # Runs the app while the examples of a group run.
+  def self.serve(env_proc)
+    before(:all) do
+      @dir = Dir.mktmpdir("mega_mutex_rails")
+      @app_namespace = "rails#{SecureRandom.hex(4)}"
+      @server = rails_server.new(instance_exec(&env_proc), app_root, @dir).start
+    end
+
+    after(:all) do
+      @server&.stop
+      FileUtils.rm_rf(@dir) if @dir
+    end
+
+    # Look at memcached with the app's namespace.
+    before { MegaMutex.configure { |c| c.namespace = @app_namespace } }
+  end
+
+  let(:server) { @server }
+
+  describe "configured with config.mega_mutex in config/application.rb" do
+    serve(-> { { "MM_CONFIG" => "1", "MM_SERVERS" => memcached.address, "MM_NAMESPACE" => @app_namespace } })
+
+    it "applies every config.mega_mutex setting through MegaMutex.configure, with Rails.logger as the logger" do
+      code, settings = server.get_json("/config")
+      expect(code).to eq("200")
+      expect(settings).to include("memcache_servers" => [memcached.address], "namespace" => @app_namespace,
+                                  "lock_ttl" => 7, "backoff_max" => 0.02,
+                                  "logger_is_rails_logger" => true)
+    end
+
+    it "takes a real lock in memcached, under the configured namespace, while a request holds it" do
+      request = Thread.new { server.get_json("/hold?id=report") }
+      token = wait_for(within: 10, message: "the request to take the lock") { MegaMutex.get_current_lock("report") }
+      expect(token).to match(/:#{server.pid}:/) # the puma process holds it
+      expect(memcached.get("#{@app_namespace}:report")).to eq(token)
+
+      # A third party cannot take it while the request holds it.
+      expect(MegaMutex::Lock.new("report").try_lock).to be(false)
+      code, conflict = server.get_json("/hold?id=report&timeout=0")
+      expect(code).to eq("409")
+      expect(conflict).to include("error" => "MegaMutex::TimeoutError", "holder" => token)
+
+      server.get("/finish?id=report")
+      code, body = request.value
+      expect(code).to eq("200")
+      expect(body).to include("token" => token, "key" => "#{@app_namespace}:report", "finished" => true)
+      expect(body["acquire"]).to include("id" => "report", "key" => "#{@app_namespace}:report", "attempts" => 1)
+      wait_for(message: "the request to release the lock") { MegaMutex.get_current_lock("report").nil? }
+    ensure
+      server.get("/finish?id=report") if request&.alive?
+      request&.join(5)
+    end
+
+    it "logs each step to Rails.logger" do
+      request = Thread.new { server.get_json("/hold?id=logged") }
+      wait_for(within: 10, message: "the lock") { MegaMutex.get_current_lock("logged") }
+      server.get("/finish?id=logged")
+      _, body = request.value
+      key = Regexp.escape("#{@app_namespace}:logged")
+      token = Regexp.escape(body["token"])
+      log = wait_for(message: "the release in the Rails log") { server.log.then { |l| l if l.match?(/released #{key}/) } }
+      expect(log).to match(/MegaMutex: attempting to lock #{key} \(lock_id: #{token}\)/)
+        .and match(/MegaMutex: locked #{key} \(lock_id: #{token}\) after 1 attempt/)
+        .and match(/MegaMutex: unlocking #{key} \(lock_id: #{token}\)/)
+        .and match(/MegaMutex: released #{key} \(lock_id: #{token}\)/)
+    ensure
+      request&.join(5)
+    end
+
+    it "serialises two concurrent requests for the same id" do
+      key = Regexp.escape("#{@app_namespace}:serial")
+      first = Thread.new { server.get_json("/hold?id=serial") }
+      token_a = wait_for(within: 10, message: "the first request to hold the lock") { MegaMutex.get_current_lock("serial") }
+      second = Thread.new { server.get_json("/hold?id=serial") }
+      # The second request is trying while the first holds the lock...
+      wait_for(within: 10, message: "the second request to try") { server.log.scan(/attempting to lock #{key} /).size == 2 }
+      expect(MegaMutex.get_current_lock("serial")).to eq(token_a)
+
+      # ...and gets it only once the first has let it go.
+      server.get("/finish?id=serial")
+      expect(first.value.last).to include("token" => token_a)
+      token_b = wait_for(within: 10, message: "the second request to take over") do
+        MegaMutex.get_current_lock("serial").then { |t| t if t && t != token_a }
+      end
+      server.get("/finish?id=serial")
+      code, body_b = second.value
+      expect(code).to eq("200")
+      expect(body_b["token"]).to eq(token_b)
+
+      log = server.log
+      b_attempting = log_index(log, /attempting to lock #{key} \(lock_id: #{Regexp.escape(token_b)}\)/)
+      a_unlocking = log_index(log, /unlocking #{key} \(lock_id: #{Regexp.escape(token_a)}\)/)
+      b_locked = log_index(log, /MegaMutex: locked #{key} \(lock_id: #{Regexp.escape(token_b)}\)/)
+      expect(b_attempting).to be < a_unlocking
+      expect(a_unlocking).to be < b_locked
+    ensure
+      2.times { server.get("/finish?id=serial") } if [first, second].any? { |t| t&.alive? }
+      [first, second].each { |t| t&.join(5) }
+    end
+  end
+
+  describe "configured with MegaMutex.configure in config/initializers as well" do
+    serve(lambda {
+      { "MM_CONFIG" => "1", "MM_INITIALIZER" => "1", "MM_SERVERS" => memcached.address,
+        "MM_NAMESPACE" => "from_config", "MM_INITIALIZER_NAMESPACE" => @app_namespace }
+    })
+
+    it "runs the initializer after the railtie: its settings win, the others stay, Rails.logger stays" do
+      _, settings = server.get_json("/config")
+      expect(settings).to include("namespace" => @app_namespace, "lock_ttl" => 9, # from the initializer
+                                  "backoff_max" => 0.02,                          # from config.mega_mutex
+                                  "logger_is_rails_logger" => true)
+    end
+
+    it "takes its locks under the initializer's namespace" do
+      request = Thread.new { server.get_json("/hold?id=init") }
+      token = wait_for(within: 10, message: "the request to take the lock") { MegaMutex.get_current_lock("init") }
+      expect(memcached.get("#{@app_namespace}:init")).to eq(token)
+      expect(memcached.get("from_config:init")).to be_nil
+      server.get("/finish?id=init")
+      expect(request.value.last).to include("token" => token, "key" => "#{@app_namespace}:init")
+    ensure
+      server.get("/finish?id=init") if request&.alive?
+      request&.join(5)
+    end
+  end
+
+  describe "booting" do
+    it "works with the initializer alone, the logger defaulting to Rails.logger" do
+      out, err, status = boot({ "MM_INITIALIZER" => "1", "MM_INITIALIZER_NAMESPACE" => "only_init" },
+                              "c = MegaMutex.configuration; " \
+                              "MegaMutex.with_distributed_mutex('boot') { print c.namespace, ' ', c.logger.equal?(Rails.logger), ' ', MegaMutex.get_current_lock('boot').nil? }")
+      expect(status).to be_success, err
+      expect(out).to eq("only_init true false")
+    end
+
+    it "keeps config.mega_mutex.logger when set (nil silences MegaMutex)" do
+      out, err, status = boot({ "MM_SETTINGS_JSON" => '{"logger": null, "namespace": "quiet"}' },
+                              "print MegaMutex.configuration.logger.inspect, ' ', MegaMutex.configuration.namespace")
+      expect(status).to be_success, err
+      expect(out).to eq("nil quiet")
+    end
+
+    {
+      '{"lock_ttl": 0}' => /config\.mega_mutex\.lock_ttl: lock_ttl must be .*\(ArgumentError\)/,
+      '{"memcache_servers": ["mc1:99999"]}' => /config\.mega_mutex\.memcache_servers: .*port 99999 .*\(ArgumentError\)/,
+      '{"tiemout": 1}' => /config\.mega_mutex: unknown setting\(s\) :tiemout .*\(ArgumentError\)/,
+      '{"backoff_min": 1, "backoff_max": 0.5}' => /config\.mega_mutex: backoff_min \(1\.0\) must not exceed .*\(ArgumentError\)/
+    }.each do |json, message|
+      it "fails with ArgumentError naming the setting for config.mega_mutex #{json}" do
+        _, err, status = boot({ "MM_SETTINGS_JSON" => json })
+        expect(status).not_to be_success
+        expect(err).to match(message)
+      end
+    end
+  end
+end
