@@ -66,6 +66,39 @@ RSpec.describe MegaMutex::Configuration do
     end
   end
 
+  describe "backend" do
+    it "defaults to :memcached" do
+      expect(config.backend).to eq(:memcached)
+    end
+
+    it "accepts :memory and :memcached, as Symbols or Strings" do
+      config.backend = :memory
+      expect(config.backend).to eq(:memory)
+      config.backend = "memcached"
+      expect(config.backend).to eq(:memcached)
+      config.backend = "memory"
+      expect(config.backend).to eq(:memory)
+    end
+
+    [:redis, "Memory", nil, 1, :memcache, ""].each do |bad|
+      it "rejects backend = #{bad.inspect}, naming the setting and the backends there are" do
+        expect { config.backend = bad }.to raise_error(ArgumentError) { |e|
+          expect(e.message).to include("backend", ":memcached", ":memory")
+        }
+        expect(config.backend).to eq(:memcached)
+      end
+    end
+
+    it "survives dup, and a failed configure keeps the backend in force" do
+      MegaMutex.configure { |c| c.backend = :memory }
+      expect(MegaMutex.configuration.dup.backend).to eq(:memory)
+      expect { MegaMutex.configure { |c| c.backend = :memory; c.backend = :redis } }.to raise_error(ArgumentError, /backend/)
+      expect(MegaMutex.configuration.backend).to eq(:memory)
+      MegaMutex.configure { |c| c.backend = :memcached }
+      expect(MegaMutex.configuration.backend).to eq(:memcached)
+    end
+  end
+
   it "rounds a fractional lock_ttl up to whole seconds" do
     config.lock_ttl = 1.2
     expect(config.lock_ttl).to eq(2)

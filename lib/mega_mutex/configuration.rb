@@ -1,6 +1,9 @@
 # frozen_string_literal: true
 
 module MegaMutex
+  # The :memory backend's store, loaded on first use (see {Configuration#backend=}).
+  autoload :MemoryStore, File.expand_path("memory_store", __dir__)
+
   # The settings MegaMutex runs with. Every setter validates its value at
   # once and raises ArgumentError naming the setting, so a bad setting fails
   # inside MegaMutex.configure, not at the first lock.
@@ -17,8 +20,12 @@ module MegaMutex
     # Longest lease: memcached reads expiries above 30 days as dates, and
     # 2 s are added on the wire.
     MAX_TTL = 2_592_000 - 2
+    # The lock stores {#backend=} accepts.
+    BACKENDS = %i[memcached memory].freeze
 
+    # Every setting but memcache_servers, and its default value.
     DEFAULTS = {
+      backend: :memcached,
       namespace: "mega_mutex",
       lock_ttl: 30,
       default_timeout: nil,
@@ -50,9 +57,13 @@ module MegaMutex
     attr_reader :logger
     # @return [Symbol] :raise (LockLostError after the block) or :log (error log only)
     attr_reader :on_lock_lost
+    # @return [Symbol] where locks are kept: :memcached (the default) or
+    #   :memory (one process only, for test suites; see {MemoryStore})
+    attr_reader :backend
 
     # A configuration with the defaults; servers from ENV["MEMCACHE_SERVERS"]
     # (comma-separated) when set, else localhost:11211.
+    # @return [Configuration]
     def initialize
       env = ENV["MEMCACHE_SERVERS"].to_s.strip
       self.memcache_servers = env.empty? ? ["localhost:#{DEFAULT_PORT}"] : env.split(",")
@@ -120,6 +131,30 @@ module MegaMutex
       @on_lock_lost = value
     end
 
+    # Where locks are kept.
+    #
+    # - `:memcached` (default): in the memcache_servers, across processes and machines.
+    # - `:memory`: in this process only, for test suites. The same semantics
+    #   between threads (exclusion, reentrancy, timeouts, leases, lost
+    #   leases, interrupts) with no memcached: memcache_servers is ignored and
+    #   no connection is attempted. The locks are shared by every `:memory`
+    #   configuration of the process; {MemoryStore.reset!} clears them.
+    #
+    # @example In spec/spec_helper.rb
+    #   MegaMutex.configure { |config| config.backend = :memory }
+    # @param value [Symbol, String] :memcached or :memory
+    # @raise [ArgumentError] naming the setting and the backends there are
+    def backend=(value)
+      sym = value.is_a?(String) ? value.to_sym : value
+      unless BACKENDS.include?(sym)
+        raise ArgumentError, "backend must be #{BACKENDS.map(&:inspect).join(' or ')} (got #{value.inspect})"
+      end
+
+      # Loaded here, not at the first lock, where a Timeout could cut the load short.
+      require_relative "memory_store" if sym == :memory
+      @backend = sym
+    end
+
     # @param value [Logger, nil] anything with debug/info/warn/error
     def logger=(value)
       unless value.nil? || %i[debug info warn error].all? { |m| value.respond_to?(m) }
@@ -146,8 +181,9 @@ module MegaMutex
       @server_addresses
     end
 
-    # A copy with the same settings, ready to be changed.
-    # @return [Configuration]
+    # A copy with the same settings, ready to be changed (what dup and clone call).
+    # @param other [Configuration] the configuration copied
+    # @return [void]
     def initialize_copy(other)
       super
       @server_addresses = other.server_addresses

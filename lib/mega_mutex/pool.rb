@@ -7,6 +7,9 @@ module MegaMutex
   # checks a client out and back in. After fork the child drops the parent's
   # clients without closing them (closing would shut down sockets the parent
   # still uses) and opens its own.
+  #
+  # With `config.backend = :memory` it hands out a {MemoryStore} instead (one
+  # per pool, thread-safe; autoloaded on first use), and opens no connection.
   # @api private
   class Pool
     # Idle clients kept per process.
@@ -18,12 +21,16 @@ module MegaMutex
       @mutex = Mutex.new
       @idle = []
       @pid = Process.pid
+      @memory = config.backend == :memory
+      @store = nil
     end
 
     # Yields a client for the duration of the block.
-    # @yieldparam client [Native::Client]
+    # @yieldparam client [Native::Client, MemoryStore]
     # @return the block's value
-    def with
+    def with(&block)
+      return block.call(memory_store) if @memory
+
       client = checkout
       begin
         yield client
@@ -40,6 +47,18 @@ module MegaMutex
     end
 
     private
+
+    # The memory backend's store; a closed one is replaced, as a closed
+    # pool opens new connections when used again.
+    def memory_store
+      store = @store
+      return store if store && !store.closed?
+
+      @mutex.synchronize do
+        @store = MemoryStore.new if @store.nil? || @store.closed?
+        @store
+      end
+    end
 
     def checkout
       client = @mutex.synchronize do
@@ -66,6 +85,8 @@ module MegaMutex
       forget_parent_clients
       clients = @idle
       @idle = []
+      clients << @store if @store
+      @store = nil
       clients
     end
 

@@ -160,16 +160,20 @@ module MegaMutex
 
     def renew(hold)
       still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.wire_ttl) }
-      @mutex.synchronize do
-        next unless @due.key?(hold) # released meanwhile: nothing to say
+      lost = @mutex.synchronize do
+        next false unless @due.key?(hold) # released meanwhile: nothing to say
 
         if still_ours
           @due[hold] = now + hold.ttl / 3.0
+          false
         else
           @due.delete(hold)
-          hold.lose!("its lease was not found when renewing (expired, evicted, flushed or server restarted)")
+          true
         end
       end
+      # Outside the mutex: lose! logs and publishes lost.mega_mutex, whose
+      # subscribers may be slow or take locks themselves.
+      hold.lose!("its lease was not found when renewing (expired, evicted, flushed or server restarted)") if lost
     rescue Error => e
       hold.log(:warn, "could not renew #{hold.key}: #{e.message}")
       @mutex.synchronize { @due[hold] = now + RETRY if @due.key?(hold) }
