@@ -1,0 +1,49 @@
+# frozen_string_literal: true
+
+# `rake bench`: MegaMutex's benchmark (bench/run.rb) - the uncontended cycle
+# against the libmemcached floor and against suo, redlock-rb and a plain dalli
+# lock, contention on one key, scaling across keys and the cost of waiting.
+# Writes bench/results/latest.{txt,json}, cycle.png and contention.png.
+#
+#   bundle exec rake bench              # full run, a few minutes
+#   bundle exec rake bench QUICK=1      # or: rake bench:quick - under a minute
+#   bundle exec rake bench BENCH_ARGS="--procs 2,8 --seconds 3"
+#   BENCH_BACKOFF_MIN=0.001 BENCH_BACKOFF_MAX=0.02 bundle exec rake bench:quick
+#
+# bench/setup installs redis-server and gnuplot-nox first when missing.
+
+require "shellwords"
+
+module BenchTask
+  ROOT = File.expand_path("..", __dir__)
+  SETUP = File.join(ROOT, "bench", "setup")
+  RUN = File.join(ROOT, "bench", "run.rb")
+
+  def self.args(mode_args)
+    mode_args + Shellwords.split(ENV.fetch("BENCH_ARGS", ""))
+  end
+
+  def self.quick?
+    !%w[0 false no].include?(ENV.fetch("QUICK", "0").downcase) && ENV.key?("QUICK")
+  end
+end
+
+desc "Benchmark: cycle vs floor and peers, contention, scaling, waiting (QUICK=1: under a minute)"
+task bench: :compile do
+  sh BenchTask::SETUP
+  ruby BenchTask::RUN, *BenchTask.args(BenchTask.quick? ? ["--quick"] : [])
+end
+
+namespace :bench do
+  desc "Benchmark, quick mode (under a minute)"
+  task quick: :compile do
+    sh BenchTask::SETUP
+    ruby BenchTask::RUN, *BenchTask.args(["--quick"])
+  end
+
+  desc "Benchmark, smoke mode (tiny sizes, every section; what spec/bench_spec.rb runs)"
+  task smoke: :compile do
+    sh BenchTask::SETUP
+    ruby BenchTask::RUN, *BenchTask.args(["--smoke", "--out", File.join(BenchTask::ROOT, "tmp", "bench_smoke")])
+  end
+end

@@ -1,0 +1,137 @@
+# frozen_string_literal: true
+
+require "json"
+require "tmpdir"
+
+# The benchmark (bench/run.rb, `rake bench`) in its smoke mode: tiny rounds,
+# short contention runs, every contender and every section. It checks that
+# the report and the JSON hold every figure - never the figures' values:
+# timings belong to the bench, not to the tests.
+RSpec.describe "bench/run.rb --smoke" do
+  root = File.expand_path("..", __dir__)
+  redis = system("command -v redis-server >/dev/null 2>&1")
+  gnuplot = system("command -v gnuplot >/dev/null 2>&1")
+  # the report's labels (bench/contenders.rb), without loading the bench and its peers' gems here
+  labels = {
+    "floor" => "floor (C add+delete)", "MegaMutex" => "MegaMutex", "dalli" => "dalli lock (add/get/delete)",
+    "suo" => "suo (Suo::Client::Memcached)", "redlock" => "redlock-rb (1 redis)"
+  }
+
+  before(:context) do
+    @out = Dir.mktmpdir("bench-smoke")
+    env = { "BENCH_BACKOFF_MIN" => "0.001", "BENCH_BACKOFF_MAX" => "0.04" }
+    log = File.join(@out, "run.log")
+    pid = Process.spawn(env, RbConfig.ruby, File.join(root, "bench", "run.rb"), "--smoke", "--out", @out,
+                        chdir: root, out: log, err: [:child, :out], pgroup: true)
+    deadline = monotonic + 90 # a hang guard, not a timing check
+    status = nil
+    until (status = Process.wait2(pid, Process::WNOHANG)&.last)
+      if monotonic > deadline
+        Process.kill(:KILL, -pid) rescue nil
+        Process.wait(pid) rescue nil
+        raise "bench/run.rb --smoke did not finish within 90 s:\n#{File.read(log)}"
+      end
+      sleep 0.05
+    end
+    @status = status
+    @log = File.read(log)
+    @text = File.exist?(File.join(@out, "latest.txt")) ? File.read(File.join(@out, "latest.txt")) : ""
+    @json = File.exist?(File.join(@out, "latest.json")) ? JSON.parse(File.read(File.join(@out, "latest.json"))) : nil
+  end
+
+  after(:context) do
+    FileUtils.rm_rf(@out) if @out
+  end
+
+  def monotonic
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
+  let(:contenders) { redis ? %w[floor MegaMutex dalli suo redlock] : %w[floor MegaMutex dalli suo] }
+
+  it "runs to the end and writes latest.txt and latest.json" do
+    expect(@status).to be_success, @log
+    expect(@text).not_to be_empty
+    expect(@json).to be_a(Hash)
+    expect(@log).to include(@text.lines.first.strip) # the report is printed too
+  end
+
+  it "reports the machine and the settings, with the ENV overrides" do
+    expect(@text).to match(/^machine: \d+ cores, /)
+    expect(@text).to match(/kernel \S+/)
+    expect(@text).to include("ruby ", "memcached 1.", "libmemcached ")
+    expect(@text).to include("backoff_min 1 ms, backoff_max 40 ms")
+    expect(@json["machine"].keys).to include("nproc", "cpu", "kernel", "ruby", "memcached", "libmemcached", "redis")
+    expect(@json["settings"]).to include("backoff_min" => 0.001, "backoff_max" => 0.04)
+    expect(@json["settings"]["env_overrides"]).to include("BENCH_BACKOFF_MAX" => "0.04")
+  end
+
+  it "has the uncontended cycle of every contender, the floor included, and both ratios" do
+    expect(@text).to include("== 1. Uncontended cycle")
+    %w[floor MegaMutex dalli suo].each do |name|
+      expect(@text).to include(labels.fetch(name))
+    end
+    cycle = @json["cycle"]
+    expect(cycle["contenders"].keys).to match_array(contenders)
+    cycle["contenders"].each_value do |c|
+      expect(c.keys).to include("median_us", "p99_us", "min_us", "round_medians_us", "requests_per_cycle")
+      expect(c["median_us"]).to be_a(Numeric).and be_positive
+      expect(c["round_medians_us"].size).to eq(cycle["rounds"])
+    end
+    expect(cycle["ratios"].keys).to include("megamutex_over_floor", "fastest_peer", "fastest_peer_over_megamutex")
+    expect(@text).to match(%r{MegaMutex / floor = [\d.]+ \(target <= 1\.10: (PASS|MISS)\)})
+    expect(@text).to match(%r{fastest peer \(\w+\) / MegaMutex = [\d.]+ \(target >= 1\.7: (PASS|MISS)\)})
+  end
+
+  it "benchmarks redlock-rb against its own redis-server" do
+    skip "redis-server is not installed (bench/setup installs it): redlock-rb was NOT benchmarked" unless redis
+
+    expect(@text).to include(labels.fetch("redlock"))
+    expect(@json["cycle"]["contenders"]).to have_key("redlock")
+    expect(@json["contention"]["runs"].map { |r| r["contender"] }).to include("redlock")
+  end
+
+  it "says so when redis-server is missing" do
+    skip "redis-server is installed" if redis
+
+    expect(@text).to include("redlock-rb SKIPPED: redis-server is not installed")
+  end
+
+  it "has the contention table for MegaMutex and every peer, with every figure" do
+    expect(@text).to include("== 2. Contention")
+    runs = @json["contention"]["runs"]
+    expect(runs.map { |r| r["contender"] }.uniq).to match_array(contenders - ["floor"])
+    expect(runs.map { |r| [r["contender"], r["hold_ms"]] }).to include(["MegaMutex", 0.0], ["MegaMutex", 1.0])
+    runs.each do |r|
+      expect(r.keys).to include("procs", "hold_ms", "acquisitions", "throughput", "serial_ideal", "efficiency",
+                                "min_share", "max_share", "wait_p50_ms", "wait_p99_ms", "requests_per_acquisition")
+      expect(r["acquisitions"]).to be_positive
+      expect(r["counts"].size).to eq(r["procs"])
+    end
+  end
+
+  it "has the scaling table, the waiting cost and the targets" do
+    expect(@text).to include("== 3. Scaling", "== 4. Waiting cost", "== Targets")
+    expect(@json["scaling"]["runs"].map { |r| r["procs"] }).to eq([1, 2])
+    expect(@json["scaling"]["runs"]).to all(include("throughput", "per_process", "speedup"))
+    expect(@json["waiting"].keys).to include("requests_per_second", "requests_per_attempt", "ceiling_requests_per_second",
+                                             "steady_ceiling_requests_per_second", "backoff_min", "backoff_max")
+    names = @json["targets"].map { |t| t["name"] }
+    expect(names).to include("cycle: MegaMutex / floor", "contention P=8 hold 1 ms: throughput / serial ideal",
+                             "contention P=8 hold 1 ms: min share", "contention P=8 hold 1 ms: p99 wait (ms)",
+                             "waiting: requests/s of one waiter vs ceiling")
+    expect(@json["targets"]).to all(include("value", "target", "pass"))
+    expect(@text.scan(/^ {3}(PASS|MISS) /).size).to eq(@json["targets"].size)
+  end
+
+  it "draws cycle.png and contention.png" do
+    skip "gnuplot is not installed (bench/setup installs gnuplot-nox)" unless gnuplot
+
+    %w[cycle.png contention.png].each do |png|
+      path = File.join(@out, png)
+      expect(File).to exist(path)
+      expect(File.binread(path, 8)).to eq("\x89PNG\r\n\x1A\n".b)
+    end
+  end
+end
+
