@@ -29,17 +29,19 @@ module Bench
     LABELS = {
       "floor" => "floor (C add+delete)",
       "MegaMutex" => "MegaMutex",
+      "MegaMutex C" => "MegaMutex, C calls only",
       "dalli" => "dalli lock (add/get/delete)",
       "suo" => "suo (Suo::Client::Memcached)",
       "redlock" => "redlock-rb (1 redis)"
     }.freeze
     # Which server a contender talks to (for request counts).
-    SERVER = { "floor" => :memcached, "MegaMutex" => :memcached, "dalli" => :memcached,
+    SERVER = { "floor" => :memcached, "MegaMutex" => :memcached, "MegaMutex C" => :memcached, "dalli" => :memcached,
                "suo" => :memcached, "redlock" => :redis }.freeze
 
     def self.build(name, ctx)
       case name
       when "MegaMutex" then MegaMutexLock.new(ctx)
+      when "MegaMutex C" then MegaMutexNative.new(ctx)
       when "dalli" then DalliLock.new(ctx)
       when "suo" then SuoLock.new(ctx)
       when "redlock" then RedlockLock.new(ctx)
@@ -80,6 +82,35 @@ module Bench
 
       def synchronize(key, &block)
         MegaMutex.with_distributed_mutex(key, &block)
+      end
+    end
+
+    # MegaMutex's C calls alone - Native::Client#_acquire, the block,
+    # #_release - called from Ruby without the gem's Ruby layer (no Lock,
+    # reentrancy, renewer, logging or events). Uncontended cycle only: it
+    # splits MegaMutex's cycle into what the C extension costs and what the
+    # Ruby API adds on top.
+    class MegaMutexNative
+      def initialize(ctx)
+        Contenders.configure_megamutex(ctx[:memcached])
+        config = MegaMutex.configuration
+        @client = MegaMutex::Native::Client.new(config.server_addresses, 1000, 1000, 1)
+        @state = Object.new
+        @token = "bench:#{Process.pid}:native"
+        @ttl = config.lock_ttl + MegaMutex::Lock::WIRE_MARGIN
+        @bmin = config.backoff_min
+        @bmax = config.backoff_max
+        @keys = Hash.new { |h, k| h[k] = MegaMutex::Key.for(config.namespace, k) }
+      end
+
+      def synchronize(key)
+        k = @keys[key]
+        @client._acquire(@state, k, @token, @ttl, nil, @bmin, @bmax)
+        begin
+          yield
+        ensure
+          @client._release(k, @token, @state.instance_variable_get(:@version))
+        end
       end
     end
 

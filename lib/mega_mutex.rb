@@ -102,6 +102,8 @@ module MegaMutex
   def with_distributed_mutex(id, options = nil, **kwargs, &block)
     raise ArgumentError, "with_distributed_mutex needs a block" unless block
 
+    return Lock.new(id).synchronize(&block) if options.nil? && kwargs.empty? # the common call
+
     opts = MegaMutex.merge_options(options, kwargs)
     Lock.new(id, **opts).synchronize(&block)
   end
