@@ -113,7 +113,14 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
 
     int changed = !seen_any || holder->version != seen_version || holder->token_len != seen_len ||
                   memcmp(holder->token, seen, seen_len) != 0;
-    if (changed && seen_any) backoff = policy->backoff_min;
+    if (changed && seen_any) {
+      /* Aging: a waiter that has already waited long, on a lock that keeps
+       * changing hands, polls more often (down to half of backoff_min),
+       * so the longest waits shrink without the newcomers polling faster. */
+      double waited = mm_monotonic() - start;
+      backoff = policy->backoff_min / (1 + waited / (16 * policy->backoff_min));
+      if (backoff < policy->backoff_min / 2) backoff = policy->backoff_min / 2;
+    }
     memcpy(seen, holder->token, holder->token_len);
     seen_len = holder->token_len;
     seen_version = holder->version;
