@@ -16,11 +16,16 @@ Gem::Specification.new do |spec|
   spec.required_ruby_version = ">= 3.0"
   spec.metadata["rubygems_mfa_required"] = "true"
 
+  # Tracked files only (commit new files before `gem build`); a copy without
+  # git (an unpacked .gem) falls back to the directory listing.
   spec.files = Dir.chdir(__dir__) do
     tracked = `git ls-files -z 2>/dev/null`.split("\x0")
-    tracked = Dir["{lib,ext,exe,sig}/**/*", "README.md", "CHANGELOG.md", "LICENSE*"] if tracked.empty?
-    tracked.select { |f| f.match?(%r{\A(?:lib|ext|exe|sig)/|\A(?:README|CHANGELOG|LICENSE)}) && File.file?(f) }
+    tracked = Dir["{lib,ext,exe,sig}/**/*", "README.md", "CHANGELOG.md", "LICENSE*", ".yardopts"] if tracked.empty?
+    tracked.select { |f| f.match?(%r{\A(?:lib|ext|exe|sig)/|\A(?:README|CHANGELOG|LICENSE)|\A\.yardopts\z}) && File.file?(f) }
+           .reject { |f| f.end_with?(".so", ".bundle", ".o") }
   end
+  spec.bindir = "exe"
+  spec.executables = ["mega_mutex"]
   spec.require_paths = ["lib"]
   spec.extensions = ["ext/mega_mutex/extconf.rb"]
 end
