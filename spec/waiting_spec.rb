@@ -32,6 +32,7 @@ RSpec.describe "waiting" do
   # every `every` seconds until stopped.
   def churn(key, every)
     stop = false
+    first = Queue.new
     thread = Thread.new do
       Socket.tcp("127.0.0.1", server.port) do |sock|
         n = 0
@@ -39,10 +40,12 @@ RSpec.describe "waiting" do
           n += 1
           sock.write("set #{key} 0 30 #{"holder-#{n}".bytesize}\r\nholder-#{n}\r\n")
           sock.gets # STORED
+          first << true if n == 1
           sleep every
         end
       end
     end
+    first.pop # held before the waiter starts: it must never find the lock free
     yield
   ensure
     stop = true
