@@ -45,7 +45,9 @@ RSpec.describe "waiting" do
         end
       end
     end
-    first.pop # held before the waiter starts: it must never find the lock free
+    # held before the waiter starts: it must never find the lock free
+    wait_for(message: "the first holder") { !first.empty? || !thread.alive? }
+    thread.value unless thread.alive? # raises what stopped it
     yield
   ensure
     stop = true
