@@ -190,7 +190,12 @@ module MegaMutex
         Lock.holds(hold.thread).delete(hold.key)
         Renewer.current.remove(hold)
         log(:debug) { "unlocking #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms" }
-        released = hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
+        released = begin
+          hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
+        rescue ConnectionError
+          Renewer.current.release_later(hold) # removed once the server answers again
+          raise
+        end
         if released
           log(:debug) { "released #{hold.key} (lock_id: #{hold.token})" }
         else

@@ -46,11 +46,12 @@ module MegaMutex
       @active_at = now # when a lock was last taken
     end
 
-    # Takes over a token whose take failed with a connection error: the
-    # server may still apply that add when it recovers (a paused server
-    # queues it), leaving a lock nobody holds until its lease runs out. The
+    # Takes over a token whose take or release failed with a connection
+    # error: the server may still apply that add when it recovers (a paused
+    # server queues it), or still hold the lock the release could not
+    # remove, leaving a lock nobody holds until its lease runs out. The
     # renewer removes it as soon as the server answers again.
-    # @param hold [Lock::Hold] the failed take (never registered)
+    # @param hold [Lock::Hold] the failed take or release (not registered)
     def release_later(hold)
       @mutex.synchronize do
         @orphans[hold] = [now + RETRY, nil, now + hold.wire_ttl + 1]
@@ -131,13 +132,17 @@ module MegaMutex
       nil
     end
 
-    # Removes an orphaned take if it landed; gives up once its lease is over,
-    # or a second after the server first answered without it.
+    # Removes an orphaned take (or a lock whose release failed) if it is
+    # there; gives up once its lease is over, or once someone else holds the
+    # key. A request may land late - queued in a paused server, or in a
+    # connection that failed - so an empty answer is checked again: every
+    # RETRY seconds for the first second after the server answered, then
+    # every second until the lease would have ended anyway.
     def clean_up(hold)
       holder = hold.pool.with { |client| client._read(hold.key) }
       done = if holder == hold.token
                hold.pool.with { |client| client._release(hold.key, hold.token, nil) }
-               hold.log(:info, "removed #{hold.key}, taken by a request that had timed out")
+               hold.log(:info, "removed #{hold.key} (lock_id: #{hold.token}), left by a request that had failed")
                true
              else
                !holder.nil?
@@ -145,10 +150,10 @@ module MegaMutex
       @mutex.synchronize do
         _, answered, give_up = @orphans[hold]
         answered ||= now
-        if done || now > give_up || now > answered + 1
+        if done || now > give_up
           @orphans.delete(hold)
         else
-          @orphans[hold] = [now + RETRY, answered, give_up]
+          @orphans[hold] = [now + (now > answered + 1 ? 1.0 : RETRY), answered, give_up]
         end
       end
     rescue Error
