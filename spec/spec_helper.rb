@@ -31,7 +31,15 @@ RSpec.configure do |config|
     end
   end
 
-  config.after do
+  config.after do |example|
+    # A lock an example took in the main thread and never released would stay
+    # in this thread's reentrancy registry and upset later examples: say so
+    # here, in the example that did it, and clear it.
+    leaked = MegaMutex::Lock.holds.keys
+    MegaMutex::Lock.holds.clear
     MegaMutex.reset_configuration!
+    if leaked.any? && example.exception.nil?
+      raise "#{example.full_description}: left #{leaked.join(', ')} held by the main thread (unlock it)"
+    end
   end
 end
