@@ -28,8 +28,8 @@ module MegaMutex
     # Yields a client for the duration of the block.
     # @yieldparam client [Native::Client, MemoryStore]
     # @return the block's value
-    def with(&block)
-      return block.call(memory_store) if @memory
+    def with
+      return yield(memory_store) if @memory
 
       client = checkout
       begin
