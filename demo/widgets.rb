@@ -321,15 +321,22 @@ module WidgetsDemo
 
     def intro(servers, private_server)
       where = private_server ? "a private memcached on #{servers}" : "memcached at #{servers}"
-      "#{@options[:workers]} workers x #{@options[:rounds]} rounds want #{@options[:target]} widgets; " \
-        "the mutex lives in #{where}.\n\n"
+      "#{count(@options[:workers], 'worker')}, #{count(@options[:rounds], 'round')} each, " \
+        "want #{count(@options[:target], 'widget')}; the mutex lives in #{where}.\n\n"
+    end
+
+    # "1 round", "5 rounds".
+    def count(number, noun)
+      "#{number} #{noun}#{number == 1 ? '' : 's'}"
     end
 
     def table(results)
       rows = [["", "widgets", "target", "", "acquisitions", "wait p50", "wait p99"]]
       results.each do |r|
         p50, p99 = [50, 99].map { |pct| milliseconds(percentile(r.waits, pct)) }
-        rows << [r.label, r.widgets, r.target, r.verdict, r.acquisitions, p50, p99]
+        # No mutex, no acquisitions: "-", as for the waits.
+        acquisitions = r.rounds.any? && r.waits.empty? ? "-" : r.acquisitions
+        rows << [r.label, r.widgets, r.target, r.verdict, acquisitions, p50, p99]
       end
       widths = rows.transpose.map { |column| column.map { |cell| cell.to_s.size }.max }
       rows.map do |row|

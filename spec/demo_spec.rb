@@ -20,11 +20,12 @@ RSpec.describe "demo/widgets.rb" do
     end
   end
 
-  # The row of the final table for a phase: [widgets, target, verdict, acquisitions].
+  # The row of the final table for a phase: [widgets, target, verdict,
+  # acquisitions (an Integer, or "-" for none)].
   def row(output, phase)
-    match = output.match(/^#{Regexp.escape(phase)}\s+(\d+)\s+(\d+)\s+(too many!|too few!|exactly enough|workers failed!)\s+(\d+)/)
+    match = output.match(/^#{Regexp.escape(phase)}\s+(\d+)\s+(\d+)\s+(too many!|too few!|exactly enough|workers failed!)\s+(\d+|-)\s/)
     expect(match).not_to be_nil, "no table row for #{phase.inspect} in:\n#{output}"
-    [Integer(match[1]), Integer(match[2]), match[3], Integer(match[4])]
+    [Integer(match[1]), Integer(match[2]), match[3], match[4] == "-" ? "-" : Integer(match[4])]
   end
 
   it "makes exactly the target with MegaMutex, and exits 0" do
@@ -44,7 +45,14 @@ RSpec.describe "demo/widgets.rb" do
     expect(widgets).to be >= 4
     expect(target).to eq(4)
     expect(verdict).to eq(widgets > 4 ? "too many!" : "exactly enough")
-    expect(acquisitions).to eq(0)
+    expect(acquisitions).to eq("-") # no mutex, nothing acquired: not a count of 0
+  end
+
+  it "says how many workers, rounds and widgets in plain words, singular or plural" do
+    out, _err, status = run_demo("--workers", "2", "--rounds", "1", "--target", "1")
+
+    expect(status.exitstatus).to eq(0)
+    expect(out).to start_with("2 workers, 1 round each, want 1 widget; the mutex lives in memcached at ")
   end
 
   it "prints plain progress lines when its output is not a terminal" do
