@@ -60,6 +60,11 @@ module MegaMutex
       attr_accessor :holder
       # @return [Float, nil] monotonic time at which it was taken
       attr_accessor :locked_at
+      # @return [Float, nil] monotonic time until which the lease is known to
+      #   last: taken or last renewed + ttl (set at take, kept by the renewer)
+      attr_accessor :valid_until
+      # @return [Renewer::Lane, nil] the renewer's lane for its server
+      attr_accessor :lane
 
       # @param id [Object] the mutex id
       # @param key [String] the memcached key
@@ -79,6 +84,8 @@ module MegaMutex
         @depth = 0
         @version = nil
         @locked_at = nil
+        @valid_until = nil
+        @lane = nil
         @lost_reason = nil
       end
 
@@ -106,6 +113,9 @@ module MegaMutex
         return unless Instrumentation.listening?(Instrumentation::LOST)
 
         Instrumentation.instrument(Instrumentation::LOST, { id: @id, key: @key, reason: reason }, @config.logger)
+      rescue StandardError => e
+        # A failing subscriber must not stop the renewer; the holder is told all the same.
+        log(:warn, "a lost.mega_mutex subscriber failed: #{e.class}: #{e.message}")
       end
 
       # @return [Float] seconds since the lock was taken (0.0 if it was not)
@@ -121,6 +131,8 @@ module MegaMutex
       # @return [void]
       def log(level, message)
         @config.logger&.public_send(level) { "MegaMutex: #{message}" }
+      rescue StandardError
+        nil # logging is best effort: a raising logger must not stop a release or the renewer
       end
     end
 
@@ -147,6 +159,7 @@ module MegaMutex
       @config = config
       @pool = MegaMutex.pool
       @hold = nil
+      @taking = nil
       @depth = 0
     end
 
@@ -157,7 +170,13 @@ module MegaMutex
     # @raise [ConnectionError, ServerError]
     def lock(timeout: @timeout)
       timeout = Configuration.timeout_value(timeout, :timeout)
-      return true if acquire(timeout)
+      depth = @depth
+      begin
+        return true if acquire(timeout)
+      rescue Exception # rubocop:disable Lint/RescueException -- re-raised
+        undo_take(depth)
+        raise
+      end
 
       log(:debug) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
       if Instrumentation.listening?(Instrumentation::TIMEOUT)
@@ -170,7 +189,11 @@ module MegaMutex
     # Takes the lock if it is free now; never waits.
     # @return [Boolean] true if taken
     def try_lock
+      depth = @depth
       acquire(0)
+    rescue Exception # rubocop:disable Lint/RescueException -- re-raised
+      undo_take(depth)
+      raise
     end
 
     # Gives the lock back. Nested holds (reentrancy) release the lock on the
@@ -192,8 +215,10 @@ module MegaMutex
         log(:debug) { "unlocking #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms" }
         released = begin
           hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
-        rescue ConnectionError
-          Renewer.current.release_later(hold) # removed once the server answers again
+        rescue ConnectionError, ServerError
+          # Unreachable, or refused (a full -M server): removed by the
+          # renewer once the server answers and accepts it again.
+          Renewer.current.release_later(hold)
           raise
         end
         if released
@@ -286,40 +311,70 @@ module MegaMutex
 
     private
 
+    # Undoes what an interrupted {#lock} or {#try_lock} took, so that a call
+    # that raises leaves nothing held: an interrupt (Timeout, Thread#raise,
+    # Ctrl-C) or an error that came after the server granted the lock but
+    # before the call returned. A registered hold is given back through
+    # {#unlock} (a nested one only loses its level); a grant the interrupt
+    # kept from being registered is released on the server. A failed release
+    # is handed to the renewer's clean-up and must not hide the interrupt.
+    # From acquire's last interrupt check to the caller, Ruby checks only at
+    # the call's own return, as with any method (and Ruby's Mutex#lock): an
+    # interrupt delivered there or later finds the caller holding the lock.
+    # @param depth [Integer, nil] @depth before the call (nil: the interrupt
+    #   came before the call's first line, nothing taken)
+    def undo_take(depth)
+      return if depth.nil?
+
+      Thread.handle_interrupt(DEFER) { undo_take!(depth) }
+    end
+
+    def undo_take!(depth)
+      taking = @taking
+      @taking = nil
+      if @depth > depth
+        unlock
+      elsif taking&.version && !Lock.holds(taking.thread)[taking.key].equal?(taking)
+        release_unregistered(taking)
+      end
+    rescue Error => e
+      log(:warn) { "could not release #{@key} after an interrupted take: #{e.message}" }
+    end
+
+    def release_unregistered(hold)
+      @pool.with { |client| client._release(hold.key, hold.token, hold.version) }
+    rescue ConnectionError, ServerError
+      Renewer.current.release_later(hold)
+      raise
+    end
+
     # @return [Boolean] taken (or already held by this thread)
     def acquire(timeout)
       holds = Lock.holds
       if (hold = holds[@key])
-        adopt(hold)
+        Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
         log(:debug) { "reentered #{@key} (lock_id: #{hold.token})" }
         return true
       end
 
       hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
+      @taking = hold # undone by undo_take if an interrupt lands before it is registered
       log(:debug) { "attempting to lock #{@key} (lock_id: #{hold.token})" }
-      taken = false
       begin
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
-        # Ctrl-C end the wait unless the caller deferred them.
+        # Ctrl-C end the wait unless the caller deferred them. C sets
+        # hold.version the moment the lock is ours, before any interrupt can
+        # land; one landing after that is handled by undo_take.
         @pool.with do |client|
           client._acquire(hold, @key, hold.token, hold.wire_ttl, timeout, @config.backoff_min, @config.backoff_max)
         end
       rescue ConnectionError
         Renewer.current.release_later(hold) # its add may still land
         raise
-      ensure
-        # C sets hold.version the moment the lock is ours, before any
-        # interrupt can land: register it even if one is on its way.
-        Thread.handle_interrupt(DEFER) do
-          unless hold.version.nil?
-            hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-            holds[@key] = hold
-            adopt(hold)
-            Renewer.current.add(hold)
-            taken = true
-          end
-        end
       end
+      taken = !hold.version.nil?
+      Thread.handle_interrupt(DEFER) { register(holds, hold) } if taken
+      @taking = nil
       if taken
         log(:debug) { "locked #{@key} (lock_id: #{hold.token}) after #{hold.attempts} attempt(s), #{(hold.waited * 1000).round(1)} ms" }
         if Instrumentation.listening?(Instrumentation::ACQUIRE)
@@ -331,6 +386,15 @@ module MegaMutex
         log(:debug) { "could not lock #{@key} (lock_id: #{hold.token}) in #{hold.attempts} attempt(s): held by #{@last_holder || 'unknown'}" }
       end
       taken
+    end
+
+    # Records a granted take: this thread's registry, this Lock, the renewer.
+    def register(holds, hold)
+      hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      hold.valid_until = hold.locked_at + hold.ttl
+      holds[@key] = hold
+      adopt(hold)
+      Renewer.current.add(hold)
     end
 
     def adopt(hold)
@@ -352,7 +416,10 @@ module MegaMutex
     rescue LockLostError
       raise
     rescue Error => e
-      raise if finished
+      if finished
+        raise e.exception("#{e.message} (releasing #{@key} after the block ran to completion; the lock is " \
+                          "removed as soon as the server takes the release, and frees itself within #{hold.wire_ttl} s anyway)")
+      end
 
       log(:error) { "could not release #{@key} after the block failed: #{e.message}" }
     end
@@ -364,6 +431,8 @@ module MegaMutex
       return if logger.nil?
 
       logger.public_send(level) { "MegaMutex: #{yield}" }
+    rescue StandardError
+      nil # a logger that fails must not fail a lock call (see Hold#log)
     end
   end
 end

@@ -1,23 +1,35 @@
 # frozen_string_literal: true
 
 module MegaMutex
-  # Keeps held leases alive: one background thread per process extends every
-  # lock it holds, owner-checked and atomically, a third of the way through
-  # its lease, so a block may run far longer than lock_ttl while a crashed
-  # holder's lock still frees itself within lock_ttl (+1 s server tick).
+  # Keeps held leases alive: each lock is extended, owner-checked and
+  # atomically, a third of the way through its lease, so a block may run far
+  # longer than lock_ttl while a crashed holder's lock still frees itself.
   #
-  # The thread sleeps on a ConditionVariable (the GVL is released) and is
-  # started on first use, and again in a forked child.
+  # Two kinds of thread, started on first use (and again in a forked child):
+  #
+  # - the scheduler decides what is due and never waits on a server, so it
+  #   can always tell a holder whose lease ran out before a renewal got
+  #   through (`lost?`, the log, LockLostError) - whatever the servers do;
+  # - one {Lane} per server does that server's requests, one after another,
+  #   so a slow or paused server delays only the locks it keeps.
+  #
+  # Nothing that goes wrong in a request, a logger or a subscriber stops
+  # either thread: renewal goes on while locks are held.
   # @api private
   class Renewer
     # Retry delay after a failed renewal (server unreachable), in seconds.
     RETRY = 0.2
-    # While locks are being taken, the thread wakes at least this often
+    # While locks are being taken, the scheduler wakes at least this often
     # (seconds), so a new lock needs no wake-up call: below lock_ttl / 3 for
     # the shortest lease (1 s).
     IDLE_TICK = 0.25
-    # Seconds without any lock after which the thread sleeps until signalled.
+    # Seconds without any lock after which the scheduler sleeps until signalled.
     IDLE_PARK = 5.0
+    # Marks a renewal or clean-up handed to a lane and not finished yet.
+    IN_FLIGHT = Float::INFINITY
+    # Why a hold is lost when no renewal got through before its lease ended.
+    RAN_OUT = "its lease ran out before a renewal got through (the server did not answer in time, " \
+              "or renewals fell behind): another process may have taken it"
 
     class << self
       # @return [Renewer] this process's renewer
@@ -33,24 +45,56 @@ module MegaMutex
       end
     end
 
+    # The requests of one server (of one pool), done in a thread of its own.
+    # @api private
+    class Lane
+      # @param renewer [Renewer] gets the jobs back (Renewer#run_job)
+      # @param name [String] the server, for the thread's name
+      def initialize(renewer, name)
+        @renewer = renewer
+        @name = name
+        @queue = Queue.new
+        @thread = nil
+      end
+
+      # Queues a job ([:renew or :clean_up, hold]); (re)starts the thread.
+      # @return [void]
+      def push(job)
+        start unless @thread&.alive?
+        @queue << job
+      end
+
+      private
+
+      def start
+        @thread = Thread.new do
+          # Callers may hold interrupts deferred; this thread must stay killable.
+          Thread.handle_interrupt(Object => :immediate) { loop { @renewer.run_job(*@queue.pop) } }
+        end
+        @thread.name = "mega_mutex renewer #{@name}"
+        @thread.report_on_exception = false
+      end
+    end
+
     attr_reader :pid
 
     def initialize
       @pid = Process.pid
       @mutex = Mutex.new
       @wakeup = ConditionVariable.new
-      @due = {}     # Lock::Hold => monotonic time of its next renewal
-      @orphans = {} # Lock::Hold => [next try, first answer or nil, give up at]
+      @due = {}     # Lock::Hold => when to look at it next (its lease's end while a lane has it)
+      @orphans = {} # Lock::Hold => [next try (IN_FLIGHT: a lane has it), first answer or nil, give up at]
+      @lanes = {}   # [Pool, server] => Lane
       @thread = nil
-      @wake_at = nil # when the thread will wake by itself; nil: only if signalled
+      @wake_at = nil # when the scheduler will wake by itself; nil: only if signalled
       @active_at = now # when a lock was last taken
     end
 
-    # Takes over a token whose take or release failed with a connection
-    # error: the server may still apply that add when it recovers (a paused
-    # server queues it), or still hold the lock the release could not
-    # remove, leaving a lock nobody holds until its lease runs out. The
-    # renewer removes it as soon as the server answers again.
+    # Takes over a token whose take or release failed (a connection error,
+    # or a release the server refused): the server may still apply that add
+    # when it recovers (a paused server queues it), or still hold the lock the
+    # release could not remove, leaving a lock nobody holds until its lease
+    # runs out. The renewer removes it as soon as the server answers again.
     # @param hold [Lock::Hold] the failed take or release (not registered)
     def release_later(hold)
       @mutex.synchronize do
@@ -60,7 +104,8 @@ module MegaMutex
       end
     end
 
-    # Starts renewing `hold` every ttl/3 seconds.
+    # Starts renewing `hold` every ttl/3 seconds; `hold.valid_until` must be
+    # set (the end of the lease it was taken with, by the monotonic clock).
     # @param hold [Lock::Hold]
     def add(hold)
       @mutex.synchronize do
@@ -68,8 +113,8 @@ module MegaMutex
         due = @active_at + hold.ttl / 3.0
         @due[hold] = due
         start_thread
-        # The thread wakes at @wake_at anyway; a signal (a thread switch on
-        # every lock taken) is only needed when that is too late.
+        # The scheduler wakes at @wake_at anyway; a signal (a thread switch
+        # on every lock taken) is only needed when that is too late.
         @wakeup.signal if @wake_at.nil? || @wake_at > due
       end
     end
@@ -82,6 +127,23 @@ module MegaMutex
     # @return [Integer] holds being renewed (for tests)
     def size
       @mutex.synchronize { @due.size }
+    end
+
+    # Runs one job in a lane's thread; never raises.
+    # @param kind [Symbol] :renew or :clean_up
+    # @param hold [Lock::Hold]
+    # @return [void]
+    def run_job(kind, hold)
+      kind == :renew ? renew(hold) : clean_up(hold)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- a lane must outlive any failure
+      hold.log(:error, "renewer: #{kind} of #{hold.key} failed: #{e.class}: #{e.message}")
+      @mutex.synchronize do
+        if kind == :renew
+          @due[hold] = now + RETRY if @due.key?(hold)
+        elsif (entry = @orphans[hold])
+          entry[0] = now + RETRY
+        end
+      end
     end
 
     private
@@ -101,34 +163,79 @@ module MegaMutex
       @thread.report_on_exception = false
     end
 
+    # The scheduler: hands what is due to the lanes and reports leases that
+    # ran out. It waits on nothing but its ConditionVariable.
     def run
       loop do
-        due, orphans = @mutex.synchronize do
-          t = now
-          ready = @due.select { |_, at| at <= t }.keys
-          lost = @orphans.select { |_, (at, _, _)| at <= t }.keys
-          if ready.empty? && lost.empty?
-            @wake_at = next_wake(t)
-            @wakeup.wait(@mutex, @wake_at && @wake_at - t)
-            @wake_at = 0 # awake: add need not signal, the loop looks again
-          end
-          [ready, lost]
-        end
-        due.each { |hold| renew(hold) }
-        orphans.each { |hold| clean_up(hold) }
+        ready, lost, orphans = @mutex.synchronize { next_batch }
+        lost.each { |hold| hold.lose!(RAN_OUT) }
+        ready.each { |hold| lane_for(hold).push([:renew, hold]) }
+        orphans.each { |hold| lane_for(hold).push([:clean_up, hold]) }
+      rescue Exception => e # rubocop:disable Lint/RescueException -- renewal must never stop
+        warn_once(e)
+        sleep RETRY
       end
     end
 
-    # When the thread must wake next; nil to sleep until signalled. While
+    # Under @mutex: the holds due for renewal (now in flight), those whose
+    # lease ran out first (no longer renewed), and the orphans due a look;
+    # waits when there is nothing.
+    def next_batch
+      t = now
+      ready = []
+      lost = []
+      @due.each do |hold, at|
+        next if at > t
+
+        # A hold in flight waits here with its lease's end as its time: seen
+        # again only if the lane has not reported back by then.
+        (hold.valid_until <= t ? lost : ready) << hold
+      end
+      lost.each { |hold| @due.delete(hold) }
+      # In flight until the lane reports back; looked at again when its lease would end.
+      ready.each { |hold| @due[hold] = hold.valid_until }
+      orphans = @orphans.select { |_, (at, _, _)| at <= t }.keys
+      orphans.each { |hold| @orphans[hold][0] = IN_FLIGHT }
+      if ready.empty? && lost.empty? && orphans.empty?
+        @wake_at = next_wake(t)
+        @wakeup.wait(@mutex, @wake_at && @wake_at - t)
+        @wake_at = 0 # awake: add need not signal, the loop looks again
+      end
+      [ready, lost, orphans]
+    end
+
+    # When the scheduler must wake next; nil to sleep until signalled. While
     # locks come and go it ticks every IDLE_TICK even with nothing to renew,
     # so taking a lock needs no signal (a lease is never shorter than a
     # second, renewed at a third of it: later than a tick); after IDLE_PARK
     # seconds without any lock it sleeps until the next one.
     def next_wake(t)
-      next_at = (@due.values + @orphans.values.map(&:first)).min
+      next_at = [@due.each_value.min, @orphans.each_value.map(&:first).min].compact.min
+      next_at = nil if next_at == IN_FLIGHT
       return [next_at, t + IDLE_TICK].min if next_at
       return t + IDLE_TICK if t - @active_at < IDLE_PARK
 
+      nil
+    end
+
+    # The lane of the server that keeps `hold`'s key (memoised on the hold).
+    def lane_for(hold)
+      hold.lane ||= begin
+        server = begin
+          hold.pool.with { |client| client._server_for(hold.key) }
+        rescue StandardError
+          :unknown # cannot even make a client now: a shared lane, tried again later
+        end
+        @mutex.synchronize { @lanes[[hold.pool, server]] ||= Lane.new(self, Array(server).join(":")) }
+      end
+    end
+
+    def warn_once(error)
+      return if @warned
+
+      @warned = true
+      Kernel.warn("MegaMutex renewer: #{error.class}: #{error.message} (carrying on)")
+    rescue StandardError
       nil
     end
 
@@ -164,11 +271,13 @@ module MegaMutex
     end
 
     def renew(hold)
+      started = now
       still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.wire_ttl) }
       lost = @mutex.synchronize do
-        next false unless @due.key?(hold) # released meanwhile: nothing to say
+        next false unless @due.key?(hold) # released (or given up) meanwhile: nothing to say
 
         if still_ours
+          hold.valid_until = started + hold.ttl
           @due[hold] = now + hold.ttl / 3.0
           false
         else
