@@ -4,9 +4,15 @@ module MegaMutex
   # Connections for one configuration, shared by the threads of one process.
   #
   # A libmemcached handle serves one thread at a time, so each operation
-  # checks a client out and back in. After fork the child drops the parent's
+  # checks a client out and back in. At most {MAX_IDLE} idle clients are
+  # kept; one given back beyond that is closed at once (its socket and
+  # eventfd), not left for the GC. After fork the child drops the parent's
   # clients without closing them (closing would shut down sockets the parent
-  # still uses) and opens its own.
+  # still uses) and opens its own; a parent's client given back in the
+  # child is neither kept nor closed.
+  #
+  # A client that cannot be made because the process is out of file
+  # descriptors or memory raises {ConnectionError} naming the cause.
   #
   # With `config.backend = :memory` it hands out a {MemoryStore} instead (one
   # per pool, thread-safe; autoloaded on first use), and opens no connection.
@@ -69,9 +75,15 @@ module MegaMutex
     end
 
     def checkin(client)
-      @mutex.synchronize do
-        @idle.push(client) if @pid == Process.pid && @idle.size < MAX_IDLE && !client.closed?
+      mine = client.instance_variable_get(:@mega_mutex_pid) == Process.pid
+      kept = @mutex.synchronize do
+        # After a fork @pid may still be the parent's: the idle list is then
+        # the parent's too, and forgotten at the next checkout.
+        mine && @pid == Process.pid && @idle.size < MAX_IDLE && !client.closed? && @idle.push(client)
       end
+      # Closed outside the mutex: close says "quit" to the server. A parent's
+      # client is left alone (its handle frees itself without I/O).
+      client.close if !kept && mine && !client.closed?
     end
 
     def forget_parent_clients
@@ -91,12 +103,25 @@ module MegaMutex
     end
 
     def open_client
-      Native::Client.new(
+      client = Native::Client.new(
         @config.server_addresses,
         (@config.connect_timeout * 1000).ceil,
         (@config.io_timeout * 1000).ceil,
         1
       )
+      client.instance_variable_set(:@mega_mutex_pid, Process.pid)
+      client
+    rescue SystemCallError => e
+      # Nothing was sent: no lock can have been taken.
+      raise ConnectionError, "cannot open a connection to memcached: #{e.message} (#{e.class.name})#{EXHAUSTED[e.class]}"
     end
+
+    # What a resource error from making a client means, for its message.
+    EXHAUSTED = {
+      Errno::EMFILE => ": this process has run out of file descriptors (see ulimit -n)",
+      Errno::ENFILE => ": the system has run out of file descriptors",
+      Errno::ENOMEM => ": out of memory"
+    }.freeze
+    private_constant :EXHAUSTED
   end
 end
