@@ -36,8 +36,49 @@ RSpec.describe "lock ids and keys" do
     expect(key_for("report:2024-01")).to eq("#{@namespace}:report:2024-01")
   end
 
-  it "hashes ids that cannot be sent verbatim, keeping a readable prefix" do
-    expect(key_for("has space")).to match(/\A#{@namespace}:has_space#\h{64}\z/)
+  it "hashes ids that cannot be sent verbatim, keeping a readable prefix and 128 bits of SHA-256" do
+    expect(key_for("has space")).to match(/\A#{@namespace}:has_space#\h{32}\z/)
+    expect(key_for("WidgetMaker Mutex ID"))
+      .to eq("#{@namespace}:WidgetMaker_Mutex_ID##{Digest::SHA256.hexdigest('WidgetMaker Mutex ID')[0, 32]}")
+    long = "k" * 300
+    expect(key_for(long)).to eq("#{@namespace}:#{'k' * 40}##{Digest::SHA256.hexdigest(long)[0, 32]}")
+  end
+
+  describe "one key per (namespace, id) pair" do
+    namespaces = ["app", "app:jobs", "app.jobs", "app_jobs", "app-jobs", "app/jobs", "a", "app@x", "app=x", "app+x"]
+    ids = ["jobs:42", "42", "jobs", "x:jobs:42", ":42", "42:", "a#b", "jobs 42", "jobs_42", "k" * 300, "k" * 301, ":"]
+
+    it "rejects a namespace with a colon, which would end the namespace in a key" do
+      expect { MegaMutex.configure { |c| c.namespace = "app:jobs" } }.to raise_error(ArgumentError, /namespace.*":"/)
+    end
+
+    it "gives every valid namespace and id its own key, whose namespace is everything before the first colon" do
+      valid = namespaces.select do |ns|
+        MegaMutex::Configuration.new.namespace = ns
+      rescue ArgumentError
+        false
+      end
+      expect(valid).to include("app", "app.jobs")
+      keys = valid.product(ids).to_h { |ns, id| [[ns, id], MegaMutex::Key.for(ns, id)] }
+      clashes = keys.group_by(&:last).values.select { |pairs| pairs.size > 1 }.map { |pairs| pairs.map(&:first) }
+      expect(clashes).to eq([])
+      keys.each { |(ns, _), key| expect(key[/\A[^:]*/]).to eq(ns), key }
+    end
+
+    it "keeps (ns, \"jobs:42\") and (ns:jobs, \"42\") apart: a process cannot take the second while the first is held" do
+      MegaMutex.with_distributed_mutex("jobs:42") do
+        out, err, status = run_ruby(<<~RUBY)
+          begin
+            MegaMutex.configure { |c| c.namespace = "#{@namespace}:jobs" }
+            print MegaMutex::Lock.new("42").try_lock ? "taken" : "refused: held by another lock"
+          rescue ArgumentError => e
+            print "rejected: \#{e.message}"
+          end
+        RUBY
+        expect(status).to be_success, err
+        expect(out).to start_with("rejected: namespace")
+      end
+    end
   end
 
   it "gives distinct ids distinct locks, even ones that look alike once sanitised" do

@@ -3,23 +3,37 @@
 require "digest"
 
 module MegaMutex
-  # Turns a mutex id into a memcached key: "namespace:id" when the id is
-  # short and made of safe characters, so keys stay readable in memcached;
-  # otherwise "namespace:<readable prefix>#<sha256 of the id>". Verbatim keys
-  # never contain "#", so the two forms cannot collide.
+  # Turns (namespace, id) into a memcached key, one key per pair:
+  #
+  # - "namespace:id" when the id is made of {SAFE_ID} characters and the key
+  #   fits in 250 bytes, so keys stay readable in memcached
+  #   (`myapp:report:2024-01`);
+  # - otherwise "namespace:<readable prefix>#<digest>": the id's first 40
+  #   bytes with every other byte turned into "_", then "#" and the first
+  #   128 bits of the id's SHA-256 as 32 hex digits
+  #   (`myapp:WidgetMaker_Mutex_ID#8bcd94f6…`).
+  #
+  # No two pairs share a key: a namespace cannot contain ":", so the first
+  # ":" of a key ends the namespace; a verbatim id never contains "#" and a
+  # hashed one always does; two hashed ids share a key only if their
+  # SHA-256 agree on 128 bits (about 1 in 10^20 for a billion ids, and then
+  # the two ids share one lock: too much exclusion, never too little).
   module Key
     # Characters an id may use to be sent verbatim.
     SAFE_ID = %r{\A[A-Za-z0-9_.\-/:@=+]+\z}n.freeze
-    # Characters a namespace may use.
-    SAFE_NAMESPACE = %r{\A[A-Za-z0-9_.\-/:@=+]{1,100}\z}n.freeze
+    # Characters a namespace may use: those of an id but ":", which ends the
+    # namespace in a key.
+    SAFE_NAMESPACE = %r{\A[A-Za-z0-9_.\-/@=+]{1,100}\z}n.freeze
     # memcached's key limit, in bytes.
     MAX_KEY = 250
     # Length of the readable prefix kept in front of a hashed id.
     PREFIX = 40
+    # Hex digits of SHA-256 kept after "#" (128 bits).
+    DIGEST_HEX = 32
 
     module_function
 
-    # @param namespace [String] a validated namespace
+    # @param namespace [String] a validated namespace (see {SAFE_NAMESPACE})
     # @param id [String, Symbol, Integer] the mutex id
     # @return [String] the key, at most 250 printable ASCII bytes
     # @raise [ArgumentError] for a nil, empty or unsupported id
@@ -28,8 +42,8 @@ module MegaMutex
       key = "#{namespace}:#{bytes}"
       return key if key.bytesize <= MAX_KEY && SAFE_ID.match?(bytes)
 
-      readable = bytes.gsub(%r{[^A-Za-z0-9_.\-/:@=+]}n, "_")[0, PREFIX]
-      "#{namespace}:#{readable}##{Digest::SHA256.hexdigest(bytes)}"
+      readable = bytes.byteslice(0, PREFIX).gsub(%r{[^A-Za-z0-9_.\-/:@=+]}n, "_")
+      "#{namespace}:#{readable}##{Digest::SHA256.hexdigest(bytes)[0, DIGEST_HEX]}"
     end
 
     # @param id [Object]
