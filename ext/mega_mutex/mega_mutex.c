@@ -9,4 +9,5 @@ RUBY_FUNC_EXPORTED void Init_mega_mutex(void) {
   VALUE mMegaMutex = rb_define_module("MegaMutex");
   VALUE mNative = rb_define_module_under(mMegaMutex, "Native");
   mm_client_init(mNative); /* client.c: MegaMutex::Native::Client */
+  mm_lease_init(mNative);  /* lease.c: MegaMutex::Native::Lease (the C renewer, renewer.c) */
 }

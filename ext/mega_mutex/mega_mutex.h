@@ -2,4 +2,5 @@
 #define MEGA_MUTEX_H
 #include <ruby.h>
 void mm_client_init(VALUE mNative);
+void mm_lease_init(VALUE mNative);
 #endif

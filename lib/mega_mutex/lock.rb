@@ -63,8 +63,12 @@ module MegaMutex
       # @return [Float, nil] monotonic time until which the lease is known to
       #   last: taken or last renewed + ttl (set at take, kept by the renewer)
       attr_accessor :valid_until
-      # @return [Renewer::Lane, nil] the renewer's lane for its server
+      # @return [Renewer::Lane, nil] the Ruby renewer's lane for its server (memory backend)
       attr_accessor :lane
+      # @return [Array(String, Integer), nil] the server that keeps the key (memcached)
+      attr_accessor :server
+      # @return [Native::Lease, nil] its lease in the C renewer (memcached)
+      attr_accessor :lease
 
       # @param id [Object] the mutex id
       # @param key [String] the memcached key
@@ -86,6 +90,8 @@ module MegaMutex
         @locked_at = nil
         @valid_until = nil
         @lane = nil
+        @server = nil
+        @lease = nil
         @lost_reason = nil
       end
 
@@ -98,15 +104,23 @@ module MegaMutex
         @ttl + WIRE_MARGIN
       end
 
-      # @return [Boolean] true once the lease was found gone or taken over
+      # @return [Boolean] true once the lease was found gone or taken over,
+      #   or ran out before a renewal got through (the C renewer's lease says
+      #   so the moment it happens, whatever Ruby threads are doing)
       def lost?
-        !@lost_reason.nil?
+        return true unless @lost_reason.nil?
+
+        reason = @lease&.lost_reason
+        return false if reason.nil?
+
+        lose!(reason)
+        true
       end
 
       # Marks the lease lost, logs it at error level and publishes
       # lost.mega_mutex. Called by the releasing thread or the renewer thread.
       def lose!(reason)
-        return if lost?
+        return unless @lost_reason.nil?
 
         @lost_reason = reason
         log(:error, "lost lock #{@key} (lock_id: #{@token}): #{reason}")
@@ -158,6 +172,7 @@ module MegaMutex
       @ttl = ttl.nil? ? config.lock_ttl : Configuration.ttl_value(ttl, :ttl)
       @config = config
       @pool = MegaMutex.pool
+      @memory = config.backend == :memory
       @hold = nil
       @taking = nil
       @depth = 0
@@ -366,7 +381,9 @@ module MegaMutex
         # hold.version the moment the lock is ours, before any interrupt can
         # land; one landing after that is handled by undo_take.
         @pool.with do |client|
-          client._acquire(hold, @key, hold.token, hold.wire_ttl, timeout, @config.backoff_min, @config.backoff_max)
+          granted = client._acquire(hold, @key, hold.token, hold.wire_ttl, timeout, @config.backoff_min, @config.backoff_max)
+          # A memcached lease is renewed by the C renewer's lane for its server.
+          hold.server = client._server_for(@key) if granted && !@memory
         end
       rescue ConnectionError
         Renewer.current.release_later(hold) # its add may still land

@@ -5,7 +5,13 @@ module MegaMutex
   # atomically, a third of the way through its lease, so a block may run far
   # longer than lock_ttl while a crashed holder's lock still frees itself.
   #
-  # Two kinds of thread, started on first use (and again in a forked child):
+  # memcached leases are renewed in C (ext/mega_mutex/renewer.c): one lane
+  # per server, a pthread that needs no GVL, so neither Ruby threads hogging
+  # the GVL nor a slow neighbouring server can starve a renewal. A Ruby
+  # thread reports the leases it lost to their holders.
+  #
+  # The memory backend's leases, and the clean-up of locks left by failed
+  # requests, are done here in Ruby by two kinds of thread:
   #
   # - the scheduler decides what is due and never waits on a server, so it
   #   can always tell a holder whose lease ran out before a renewal got
@@ -13,8 +19,10 @@ module MegaMutex
   # - one {Lane} per server does that server's requests, one after another,
   #   so a slow or paused server delays only the locks it keeps.
   #
-  # Nothing that goes wrong in a request, a logger or a subscriber stops
-  # either thread: renewal goes on while locks are held.
+  # Nothing that goes wrong in a request, a logger or a subscriber stops any
+  # of these threads: renewal goes on while locks are held. Threads start on
+  # first use, and again in a forked child, which renews nothing of its
+  # parent's.
   # @api private
   class Renewer
     # Retry delay after a failed renewal (server unreachable), in seconds.
@@ -85,6 +93,8 @@ module MegaMutex
       @due = {}     # Lock::Hold => when to look at it next (its lease's end while a lane has it)
       @orphans = {} # Lock::Hold => [next try (IN_FLIGHT: a lane has it), first answer or nil, give up at]
       @lanes = {}   # [Pool, server] => Lane
+      @leased = {}  # Native::Lease#id => Lock::Hold renewed by the C renewer
+      @reporter = nil
       @thread = nil
       @wake_at = nil # when the scheduler will wake by itself; nil: only if signalled
       @active_at = now # when a lock was last taken
@@ -106,8 +116,11 @@ module MegaMutex
 
     # Starts renewing `hold` every ttl/3 seconds; `hold.valid_until` must be
     # set (the end of the lease it was taken with, by the monotonic clock).
+    # A memcached hold (one whose `server` is known) goes to the C renewer.
     # @param hold [Lock::Hold]
     def add(hold)
+      return watch(hold) if hold.server
+
       @mutex.synchronize do
         @active_at = now
         due = @active_at + hold.ttl / 3.0
@@ -121,12 +134,17 @@ module MegaMutex
 
     # Stops renewing `hold` (before it is released).
     def remove(hold)
-      @mutex.synchronize { @due.delete(hold) }
+      if (lease = hold.lease)
+        lease.stop
+        @mutex.synchronize { @leased.delete(lease.id) }
+      else
+        @mutex.synchronize { @due.delete(hold) }
+      end
     end
 
     # @return [Integer] holds being renewed (for tests)
     def size
-      @mutex.synchronize { @due.size }
+      @mutex.synchronize { @due.size + @leased.size }
     end
 
     # Runs one job in a lane's thread; never raises.
@@ -147,6 +165,46 @@ module MegaMutex
     end
 
     private
+
+    # Hands `hold` to the C renewer: a lane (a C thread that needs no GVL)
+    # per server keeps its lease, and a Ruby thread tells the holders of
+    # leases it lost (Hold#lose!: the log, lost.mega_mutex). Hold#lost? asks
+    # the lease directly, so a holder knows at once even when that thread is
+    # starved of the GVL.
+    def watch(hold)
+      config = hold.config
+      host, port = hold.server
+      hold.lease = Native::Lease.start(host, port, (config.connect_timeout * 1000).ceil, (config.io_timeout * 1000).ceil,
+                                       hold.key, hold.token, hold.ttl, hold.wire_ttl, hold.valid_until)
+      @mutex.synchronize do
+        @leased[hold.lease.id] = hold
+        start_reporter
+      end
+    end
+
+    def start_reporter
+      return if @reporter&.alive?
+
+      @reporter = Thread.new do
+        Thread.handle_interrupt(Object => :immediate) { report_losses }
+      end
+      @reporter.name = "mega_mutex losses"
+      @reporter.report_on_exception = false
+    end
+
+    # The reporter: tells each holder whose lease the C renewer lost.
+    def report_losses
+      loop do
+        id, reason = Native::Lease.next_loss(1.0)
+        next if id.nil?
+
+        hold = @mutex.synchronize { @leased.delete(id) }
+        hold&.lose!(reason)
+      rescue Exception => e # rubocop:disable Lint/RescueException -- reporting must never stop
+        warn_once(e)
+        sleep RETRY
+      end
+    end
 
     def now
       Process.clock_gettime(Process::CLOCK_MONOTONIC)

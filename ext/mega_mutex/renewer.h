@@ -1,0 +1,68 @@
+/*
+ * renewer.h - keeping leases alive from C threads that never need the GVL.
+ *
+ * A lease (one held lock on one server) is renewed by the lane of its
+ * server: a pthread with a connection of its own that extends each lease a
+ * third of the way through it. One lane per server, so a slow or paused
+ * server delays only its own leases; no Ruby thread, so Ruby threads that
+ * hog the GVL cannot starve renewal. A lease that could not be kept - found
+ * gone or taken over, or not renewed before it ran out - is marked lost and
+ * queued for Ruby, which tells the holder (log, events, LockLostError).
+ *
+ * Nothing here uses the Ruby API. After fork the child starts afresh: it
+ * renews nothing of its parent's and never touches the parent's lanes.
+ */
+#ifndef MEGA_MUTEX_RENEWER_H
+#define MEGA_MUTEX_RENEWER_H
+
+#include <stdint.h>
+
+#include "store.h"
+
+#define MM_REASON_MAX 200
+
+typedef struct mm_lease mm_lease;
+
+/* The server a lease lives on, and how to talk to it. */
+typedef struct {
+  const char *host; /* or a unix socket path when port is 0 */
+  unsigned port;
+  int connect_timeout_ms;
+  int io_timeout_ms;
+} mm_lane_spec;
+
+/* Starts renewing `key` for `token`: every ttl/3 s the lease is extended to
+ * wire_ttl s. `valid_until` (CLOCK_MONOTONIC seconds) is when the lease as
+ * taken is known to end. Returns the lease with one reference for the
+ * caller, or NULL with a message in err. */
+mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl, unsigned wire_ttl,
+                         double valid_until, char *err, size_t errlen);
+
+/* Stops renewing (the lock is about to be released). Idempotent; a no-op in
+ * a forked child. */
+void mm_lease_stop(mm_lease *lease);
+
+/* 1 if the lease was lost (reason copied), 0 if it is still known good. A
+ * lease past its valid_until is lost from that moment, even while its lane
+ * is still waiting on the server. */
+int mm_lease_lost(mm_lease *lease, char *reason, size_t len);
+
+/* When the lease is known to end (CLOCK_MONOTONIC seconds). */
+double mm_lease_valid_until(mm_lease *lease);
+
+/* The lease's number, unique in the process: names it in the loss queue. */
+uint64_t mm_lease_id(const mm_lease *lease);
+
+/* Drops the caller's reference. */
+void mm_lease_unref(mm_lease *lease);
+
+/* Losses, for Ruby: an eventfd that is readable while losses are queued (-1
+ * if it could not be made), and the next one (its id and reason; returns 0
+ * when the queue is empty). */
+int mm_renewer_loss_fd(void);
+int mm_renewer_next_loss(uint64_t *id, char *reason, size_t len);
+
+/* Renewals done and failed so far in this process (for tests and benches). */
+void mm_renewer_counts(uint64_t *renewed, uint64_t *failed);
+
+#endif
