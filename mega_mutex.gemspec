@@ -14,14 +14,23 @@ Gem::Specification.new do |spec|
   DESC
   spec.license = "MIT"
   spec.required_ruby_version = ">= 3.0"
-  spec.metadata["rubygems_mfa_required"] = "true"
+  spec.homepage = "https://github.com/megamutex/mega_mutex"
+  spec.metadata = {
+    "homepage_uri" => spec.homepage,
+    "source_code_uri" => spec.homepage,
+    "changelog_uri" => "#{spec.homepage}/blob/main/CHANGELOG.md",
+    "bug_tracker_uri" => "#{spec.homepage}/issues",
+    "documentation_uri" => "#{spec.homepage}/blob/main/README.md",
+    "rubygems_mfa_required" => "true"
+  }
 
   # Tracked files only (commit new files before `gem build`); a copy without
-  # git (an unpacked .gem) falls back to the directory listing.
+  # git (an unpacked .gem) falls back to the directory listing. docs/ holds
+  # the pages the README links to.
   spec.files = Dir.chdir(__dir__) do
     tracked = `git ls-files -z 2>/dev/null`.split("\x0")
-    tracked = Dir["{lib,ext,exe,sig}/**/*", "README.md", "CHANGELOG.md", "LICENSE*", ".yardopts"] if tracked.empty?
-    tracked.select { |f| f.match?(%r{\A(?:lib|ext|exe|sig)/|\A(?:README|CHANGELOG|LICENSE)|\A\.yardopts\z}) && File.file?(f) }
+    tracked = Dir["{lib,ext,exe,sig}/**/*", "docs/*.md", "README.md", "CHANGELOG.md", "LICENSE*", ".yardopts"] if tracked.empty?
+    tracked.select { |f| f.match?(%r{\A(?:lib|ext|exe|sig)/|\Adocs/[^/]+\.md\z|\A(?:README|CHANGELOG|LICENSE)|\A\.yardopts\z}) && File.file?(f) }
            .reject { |f| f.end_with?(".so", ".bundle", ".o") }
   end
   spec.bindir = "exe"

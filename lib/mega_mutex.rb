@@ -109,6 +109,50 @@ module MegaMutex
   end
   alias with_cross_process_mutex with_distributed_mutex
 
+  # "Skip if busy": runs the block only if the lock named `id` can be had —
+  # at once by default — and says whether it ran. For jobs that should run
+  # only when nobody else is running them (cron, ActiveJob), without a
+  # rescue.
+  #
+  # A server that cannot be reached or refuses is not "busy": that raises, as
+  # with_distributed_mutex does, so a job does not stop running unnoticed
+  # while memcached is down. A TimeoutError raised inside the block (by
+  # another lock it takes) propagates too.
+  #
+  # Also callable as MegaMutex.with_distributed_mutex_if_free.
+  #
+  # @example
+  #   ran = with_distributed_mutex_if_free("nightly-report") { build_report }
+  #   logger.info("nightly report running elsewhere, skipped") unless ran
+  #
+  # @param id [String, Symbol, Integer] names the lock; any bytes, any length
+  # @param options [Hash, nil] positional options, as for with_distributed_mutex
+  # @option kwargs [Numeric, nil] :timeout seconds to wait before giving up
+  #   (default 0: one try; nil waits forever)
+  # @option kwargs [Integer] :ttl lease length in seconds (default config.lock_ttl)
+  # @yieldparam lock [Lock] the lock held (optional)
+  # @return [Boolean] true if the block ran (in this thread, now); false if
+  #   the lock was held by someone else, and the block did not run
+  # @raise [ConnectionError, ServerError] when memcached cannot be used
+  # @raise [LockLostError] after the block, if its lease was lost while it ran
+  # @raise [ArgumentError] for a bad id or option, or no block
+  def with_distributed_mutex_if_free(id, options = nil, **kwargs, &block)
+    raise ArgumentError, "with_distributed_mutex_if_free needs a block" unless block
+
+    opts = MegaMutex.merge_options(options, kwargs)
+    opts[:timeout] = 0 unless opts.key?(:timeout)
+    entered = false
+    Lock.new(id, **opts).synchronize do |lock|
+      entered = true
+      block.arity.zero? ? yield : yield(lock)
+    end
+    true
+  rescue TimeoutError
+    raise if entered # from inside the block: not ours to read as "busy"
+
+    false
+  end
+
   # @api private
   # @return [Hash] keyword options for Lock.new
   def self.merge_options(options, kwargs)

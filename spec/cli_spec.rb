@@ -104,6 +104,18 @@ RSpec.describe "the mega_mutex command" do
     MegaMutex.get_current_lock(@name)
   end
 
+  def holder_of(name)
+    MegaMutex.get_current_lock(name)
+  end
+
+  # True while `pid` runs (a zombie nobody has reaped yet counts as gone).
+  def alive?(pid)
+    state = File.read("/proc/#{pid}/stat")[/\) (\S)/, 1]
+    !state.nil? && state != "Z"
+  rescue SystemCallError
+    false
+  end
+
   # Starts `exec NAME -- hold_script`; returns [pid, token] once it runs.
   def start_holder(*options, tag: "holder", exit_code: 0)
     pid = spawn_cli("exec", @name, *options, "--", "sh", "-c", hold_script, "sh",
@@ -311,8 +323,79 @@ RSpec.describe "the mega_mutex command" do
     it "exits 127 when COMMAND is not found, and releases the lock" do
       _, err, status = run_cli("exec", @name, "--", "no-such-command-#{SecureRandom.hex(4)}")
       expect(status.exitstatus).to eq(127)
-      expect(err).to match(/no-such-command-\h+: command not found/)
+      expect(err).to match(/\Amega_mutex: no-such-command-\h+: command not found\n\z/)
       expect(holder).to be_nil
+    end
+
+    it "says 'No such file or directory', as the shell does, for a COMMAND path that does not exist" do
+      _, err, status = run_cli("exec", @name, "--", "/nonexistent/#{@name}")
+      expect(status.exitstatus).to eq(127)
+      expect(err).to eq("mega_mutex: /nonexistent/#{@name}: No such file or directory\n")
+      expect(holder).to be_nil
+    end
+
+    describe "when mega_mutex itself is killed with -9" do
+      # COMMAND: a shell with a child of its own (the usual sh -c '...' job).
+      family_script = <<~'SH'
+        sleep 60 &
+        echo "$$ $!" > "$1.tmp" && mv "$1.tmp" "$1"
+        wait
+      SH
+
+      # Another exec --wait, once it gets the lock, writes which of the pids
+      # are still running into `report`.
+      check_script = <<~'SH'
+        out="$1"; shift
+        : > "$out"
+        for p in "$@"; do
+          s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)
+          if [ -n "$s" ] && [ "$s" != Z ]; then echo "$p" >> "$out"; fi
+        done
+      SH
+
+      it "takes COMMAND and its children down with it, before anyone else can get the lock" do
+        pid = spawn_cli("exec", @name, "--ttl", "1", "--", "sh", "-c", family_script, "sh", path("pids"))
+        wait_file(path("pids"))
+        family = File.read(path("pids")).split.map { |p| Integer(p) }
+        expect(family.all? { |p| alive?(p) }).to be(true)
+        expect(holder).to match(/:#{pid}:/)
+
+        Process.kill(:KILL, pid)
+        wait_exit(pid)
+        # The lock is still held (its lease runs 3 s more) while COMMAND dies.
+        wait_for(within: 2, message: "COMMAND (#{family.join(', ')}) to be gone") { family.none? { |p| alive?(p) } }
+
+        _, err, status = run_cli("exec", @name, "--wait", "--", "sh", "-c", check_script, "sh", path("report"), *family.map(&:to_s))
+        expect([err, status.exitstatus]).to eq(["", 0])
+        expect(File.read(path("report"))).to eq("") # none of them ran while the next holder did
+      ensure
+        family&.each { |p| Process.kill(:KILL, p) rescue nil } # rubocop:disable Style/RescueModifier
+      end
+
+      it "leaves the processes alone when COMMAND ends normally" do
+        out, _, status = run_cli("exec", @name, "--", "sh", "-c", 'sleep 30 >/dev/null 2>&1 & echo $!')
+        expect(status.exitstatus).to eq(0)
+        background = Integer(out)
+        expect(alive?(background)).to be(true) # as under flock: what COMMAND leaves behind is its own business
+      ensure
+        Process.kill(:KILL, background) if background
+      end
+    end
+
+    it "takes any bytes as NAME and arguments, also invalid UTF-8 under a UTF-8 locale" do
+      name = "job\xff\xfe #{@name}".b
+      env = { "LC_ALL" => "C.UTF-8", "LANG" => "C.UTF-8" }
+      out, err, status = run_cli("exec", name, "--", "printf", "%s", "arg\xff".b, env: env)
+      expect([out.b, err, status.exitstatus]).to eq(["arg\xff".b, "", 0])
+
+      lock = held_elsewhere(name)
+      out, err, status = run_cli("status", name, env: env)
+      expect([err, status.exitstatus]).to eq(["", 1])
+      expect(out.b).to start_with("#{name}: held by #{holder_of(name)}".b)
+      lock.unlock
+      out, _, status = run_cli("status", name, env: env)
+      expect(status.exitstatus).to eq(0)
+      expect(out.b).to start_with("#{name}: free".b)
     end
 
     it "exits 126 when COMMAND is not executable, and releases the lock" do
@@ -368,6 +451,17 @@ RSpec.describe "the mega_mutex command" do
         wait_for(within: 10, message: "the end of output") { pty_read(reader, buffer) }
         expect(wait_exit(pid).exitstatus).to eq(0)
         expect(buffer).to match(/\r\e\[K(?:\r\n)?ran\r\n\z/)
+      end
+
+      it "gives COMMAND the terminal: it can read it" do
+        reader, writer, pid = PTY.spawn(cli_env, *mm("exec", @name, "--", "sh", "-c", 'echo ready; read line; echo "got $line"'))
+        @pids << pid
+        buffer = +""
+        wait_for(within: 10, message: "COMMAND to start") { pty_read(reader, buffer) || buffer.include?("ready") }
+        writer.write("hello\n")
+        wait_for(within: 10, message: "COMMAND to read the line") { pty_read(reader, buffer) || buffer.include?("got hello") }
+        expect(wait_exit(pid).exitstatus).to eq(0)
+        expect(holder).to be_nil
       end
 
       it "ends the wait on TERM with 143, leaving the holder alone" do

@@ -41,7 +41,8 @@ RSpec.describe "packaging" do
     Dir.mkdir(@gem_home)
     env = self.class.clean_env(@gem_home)
     @gem_file = File.join(@tmp, "mega_mutex-#{MegaMutex::VERSION}.gem")
-    self.class.run!(env, *self.class.gem_command, "build", "mega_mutex.gemspec", "--output", @gem_file, chdir: root)
+    @build_out, @build_err = self.class.run!(env, *self.class.gem_command, "build", "mega_mutex.gemspec", "--output", @gem_file,
+                                             chdir: root)
     @packaged = Gem::Package.new(@gem_file).spec.files
     @installed_out, = self.class.run!(env, *self.class.gem_command, "install", "--local", "--no-document", @gem_file, chdir: @tmp)
     @env = env
@@ -56,14 +57,27 @@ RSpec.describe "packaging" do
 
   # Files of the checkout the gem should ship, but git does not track yet.
   def untracked
-    out, _, status = Open3.capture3("git", "ls-files", "--others", "--exclude-standard", "--", "lib", "ext", "exe", "sig",
+    out, _, status = Open3.capture3("git", "ls-files", "--others", "--exclude-standard", "--", "lib", "ext", "exe", "sig", "docs",
                                     "CHANGELOG.md", ".yardopts", chdir: SpecHelpers::ROOT)
     status.success? ? out.split("\n").reject { |f| f.end_with?(".so", ".o") } : []
   end
 
-  it "ships lib/, ext/, exe/, sig/, README, CHANGELOG, LICENSE and .yardopts, and no build products" do
+  it "builds without a warning, with homepage, source and changelog links" do
+    expect("#{@build_out}#{@build_err}").not_to match(/warn/i)
+    spec = Gem::Package.new(@gem_file).spec
+    expect(spec.homepage).to start_with("https://")
+    expect(spec.metadata).to include("source_code_uri", "changelog_uri")
+    expect(spec.metadata["changelog_uri"]).to end_with("CHANGELOG.md")
+  end
+
+  it "is ignored by git once built (*.gem)" do
+    _, _, status = Open3.capture3("git", "check-ignore", "-q", "mega_mutex-#{MegaMutex::VERSION}.gem", chdir: root)
+    expect(status).to be_success
+  end
+
+  it "ships lib/, ext/, exe/, sig/, docs/, README, CHANGELOG, LICENSE and .yardopts, and no build products" do
     wanted = Dir.chdir(root) do
-      Dir["{lib,ext,exe,sig}/**/*", "README.md", "CHANGELOG.md", "LICENSE", ".yardopts"]
+      Dir["{lib,ext,exe,sig}/**/*", "docs/*.md", "README.md", "CHANGELOG.md", "LICENSE", ".yardopts"]
         .select { |f| File.file?(f) }.reject { |f| f.end_with?(".so", ".o", ".bundle") || f.include?("/Makefile") }
     end
     missing = wanted - @packaged

@@ -241,7 +241,8 @@ module MegaMutex
       end
 
       str = entry.b.strip
-      bad = ->(why) { raise ArgumentError, "memcache_servers: bad server #{entry.inspect}: #{why}" }
+      shown = entry.bytesize > 80 ? "#{entry.byteslice(0, 60).scrub.inspect[0..-2]}...\" (#{entry.bytesize} bytes)" : entry.inspect
+      bad = ->(why) { raise ArgumentError, "memcache_servers: bad server #{shown}: #{why}" }
       bad.call("empty") if str.empty?
       return [socket_path(str, bad).force_encoding(entry.encoding), 0] if str.start_with?("/")
 
