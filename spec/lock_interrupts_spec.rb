@@ -60,6 +60,7 @@ RSpec.describe "Lock#lock and #try_lock interrupted at every point" do
 
       fired = true
       at_return = tp.event == :return && tp.method_id == kind
+      @where = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
       interrupter.interrupt_now
     end
     returned = false
@@ -98,7 +99,7 @@ RSpec.describe "Lock#lock and #try_lock interrupted at every point" do
       break unless fired
 
       inside << k if was_inside
-      leaked << k if leak
+      leaked << "#{k}: #{@where}" if leak
       expect(MegaMutex.get_current_lock(id)).to be_nil, "interrupt at event #{k} left #{id} held on the server"
     end
     [inside, leaked]

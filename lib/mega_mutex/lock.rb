@@ -186,12 +186,15 @@ module MegaMutex
     def lock(timeout: @timeout)
       timeout = Configuration.timeout_value(timeout, :timeout)
       depth = @depth
+      returned = false
       begin
-        return true if acquire(timeout)
-      rescue Exception # rubocop:disable Lint/RescueException -- re-raised
-        undo_take(depth)
-        raise
+        taken = acquire(timeout)
+        returned = true
+      ensure
+        # ensure, not rescue: Timeout unwinds with throw, Thread#kill with neither
+        undo_take(depth) unless returned
       end
+      return true if taken
 
       log(:debug) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
       if Instrumentation.listening?(Instrumentation::TIMEOUT)
@@ -205,10 +208,14 @@ module MegaMutex
     # @return [Boolean] true if taken
     def try_lock
       depth = @depth
-      acquire(0)
-    rescue Exception # rubocop:disable Lint/RescueException -- re-raised
-      undo_take(depth)
-      raise
+      returned = false
+      begin
+        taken = acquire(0)
+        returned = true
+      ensure
+        undo_take(depth) unless returned # see #lock
+      end
+      taken
     end
 
     # Gives the lock back. Nested holds (reentrancy) release the lock on the
