@@ -89,6 +89,34 @@ RSpec.describe "the renewer under faults" do
     end
   end
 
+  describe "Ruby threads that hog the GVL" do
+    # A child holds a lock_ttl 1 lock while 16 threads spin in Ruby for 5 s:
+    # the renewal must not wait for the GVL (the lease on the server is 3 s).
+    it "do not starve renewal: the lease holds and is not reported lost" do
+      script = <<~RUBY
+        MegaMutex.configure { |c| c.lock_ttl = 1 }
+        lock = MegaMutex::Lock.new("hogged").tap(&:lock)
+        STDOUT.puts [lock.key, lock.holder].join(" ")
+        stop = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
+        spinners = Array.new(16) { Thread.new { x = 0; x += 1 while Process.clock_gettime(Process::CLOCK_MONOTONIC) < stop } }
+        spinners.each(&:join)
+        STDOUT.puts lock.lost?.inspect
+        lock.unlock
+      RUBY
+      env = { "MEMCACHE_SERVERS" => memcached.address, "MM_NAMESPACE" => @namespace }
+      prelude = "$LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect}); require 'mega_mutex'; " \
+                "STDOUT.sync = true; MegaMutex.configure { |c| c.namespace = ENV['MM_NAMESPACE'] };"
+      Open3.popen3(env, RbConfig.ruby, "-e", prelude + script) do |_stdin, stdout, stderr, wait|
+        key, token = stdout.gets.to_s.chomp.split(" ", 2)
+        raise "child failed: #{stderr.read}" if token.nil?
+
+        expect(first_lost(memcached, { key => token }, 4.8)).to be_nil
+        expect(stdout.gets).to eq("false\n")
+        expect(wait.value).to be_success
+      end
+    end
+  end
+
   describe "descriptors exhausted" do
     # A child process holds three lock_ttl 2 locks, then uses up every file
     # descriptor for `seconds` while the renewer must open a new connection.

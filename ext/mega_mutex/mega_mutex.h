@@ -3,4 +3,5 @@
 #include <ruby.h>
 void mm_client_init(VALUE mNative);
 void mm_lease_init(VALUE mNative);
+void mm_lock_entry_init(VALUE mMegaMutex);
 #endif

@@ -241,7 +241,8 @@ static void lane_remove_at(mm_lane *lane, size_t i, mm_lease **dropped, size_t *
 static void lane_renew(mm_lane *lane, mm_lease *lease) {
   if (lane->store == NULL) {
     mm_server_addr addr = {lane->host, lane->port};
-    mm_memcached_options opts = {&addr, 1, lane->connect_timeout_ms, lane->io_timeout_ms, 1};
+    /* retry 0: a failed connection is tried again at the next renewal (paced by RETRY_SECONDS) */
+    mm_memcached_options opts = {&addr, 1, lane->connect_timeout_ms, lane->io_timeout_ms, 0};
     char err[MM_ERROR_MAX];
     lane->store = mm_memcached_store_new(&opts, err, sizeof err);
   }

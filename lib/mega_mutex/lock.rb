@@ -178,23 +178,27 @@ module MegaMutex
       @depth = 0
     end
 
-    # Takes the lock, waiting up to `timeout` seconds.
-    # @param timeout [Numeric, nil] overrides the lock's timeout
-    # @return [true]
-    # @raise [TimeoutError] when not obtained in time
-    # @raise [ConnectionError, ServerError]
-    def lock(timeout: @timeout)
+    # @!method lock(timeout: @timeout)
+    #   Takes the lock, waiting up to `timeout` seconds. A call that raises
+    #   (TimeoutError, a server error, or an interrupt: Timeout, Thread#raise,
+    #   Ctrl-C) leaves nothing held; the method is entered through C
+    #   (ext/mega_mutex/lock_entry.c) so that no interrupt can land between
+    #   the take and the return.
+    #   @param timeout [Numeric, nil] overrides the lock's timeout
+    #   @return [true]
+    #   @raise [TimeoutError] when not obtained in time
+    #   @raise [ConnectionError, ServerError]
+
+    # @!method try_lock
+    #   Takes the lock if it is free now; never waits. Like {#lock}, a call
+    #   that raises leaves nothing held.
+    #   @return [Boolean] true if taken
+
+    # The body of {#lock}.
+    # @api private
+    def _lock(timeout: @timeout)
       timeout = Configuration.timeout_value(timeout, :timeout)
-      depth = @depth
-      returned = false
-      begin
-        taken = acquire(timeout)
-        returned = true
-      ensure
-        # ensure, not rescue: Timeout unwinds with throw, Thread#kill with neither
-        undo_take(depth) unless returned
-      end
-      return true if taken
+      return true if acquire(timeout)
 
       log(:debug) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
       if Instrumentation.listening?(Instrumentation::TIMEOUT)
@@ -203,20 +207,14 @@ module MegaMutex
       end
       raise TimeoutError.new(id: @id, timeout: timeout, holder: @last_holder)
     end
+    private :_lock
 
-    # Takes the lock if it is free now; never waits.
-    # @return [Boolean] true if taken
-    def try_lock
-      depth = @depth
-      returned = false
-      begin
-        taken = acquire(0)
-        returned = true
-      ensure
-        undo_take(depth) unless returned # see #lock
-      end
-      taken
+    # The body of {#try_lock}.
+    # @api private
+    def _try_lock
+      acquire(0)
     end
+    private :_try_lock
 
     # Gives the lock back. Nested holds (reentrancy) release the lock on the
     # server when the outermost one unlocks.
@@ -340,14 +338,9 @@ module MegaMutex
     # {#unlock} (a nested one only loses its level); a grant the interrupt
     # kept from being registered is released on the server. A failed release
     # is handed to the renewer's clean-up and must not hide the interrupt.
-    # From acquire's last interrupt check to the caller, Ruby checks only at
-    # the call's own return, as with any method (and Ruby's Mutex#lock): an
-    # interrupt delivered there or later finds the caller holding the lock.
-    # @param depth [Integer, nil] @depth before the call (nil: the interrupt
-    #   came before the call's first line, nothing taken)
-    def undo_take(depth)
-      return if depth.nil?
-
+    # Called from ext/mega_mutex/lock_entry.c when the body did not return.
+    # @param depth [Integer] @depth before the call
+    def _undo_take(depth)
       Thread.handle_interrupt(DEFER) { undo_take!(depth) }
     end
 
@@ -380,13 +373,13 @@ module MegaMutex
       end
 
       hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
-      @taking = hold # undone by undo_take if an interrupt lands before it is registered
+      @taking = hold # undone by _undo_take if an interrupt lands before it is registered
       log(:debug) { "attempting to lock #{@key} (lock_id: #{hold.token})" }
       begin
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
         # Ctrl-C end the wait unless the caller deferred them. C sets
         # hold.version the moment the lock is ours, before any interrupt can
-        # land; one landing after that is handled by undo_take.
+        # land; one landing after that is handled by _undo_take.
         @pool.with do |client|
           granted = client._acquire(hold, @key, hold.token, hold.wire_ttl, timeout, @config.backoff_min, @config.backoff_max)
           # A memcached lease is renewed by the C renewer's lane for its server.

@@ -1,0 +1,70 @@
+/*
+ * lock_entry.c - MegaMutex::Lock#lock and #try_lock enter through C.
+ *
+ * A call that raises must leave nothing held. Ruby checks for interrupts
+ * (Timeout, Thread#raise, Ctrl-C) at every method return and every taken
+ * branch, so a Ruby method that has just taken the lock can still be
+ * interrupted on its way out, with the lock kept and an exception in the
+ * caller's hands. A C function returns without such a check: here the Ruby
+ * body (_lock / _try_lock in lib/mega_mutex/lock.rb) runs under rb_ensure,
+ * and when it did not return normally - an exception, a throw (Timeout), a
+ * kill - Lock#_undo_take gives back what it took before the exit goes on.
+ * An interrupt that arrives once the body has returned is delivered in the
+ * caller's code, where the caller holds the lock it was given.
+ */
+#include <ruby.h>
+
+#include "mega_mutex.h"
+
+static ID id_lock_body, id_try_lock_body, id_undo_take, id_iv_depth;
+
+typedef struct {
+  VALUE self;
+  ID body;
+  int argc;
+  const VALUE *argv;
+  int kw_splat;
+  VALUE depth;
+  int returned;
+} entry_args;
+
+static VALUE entry_body(VALUE p) {
+  entry_args *a = (entry_args *) p;
+  VALUE result = rb_funcallv_kw(a->self, a->body, a->argc, a->argv, a->kw_splat);
+  a->returned = 1; /* no interrupt check between the body's return and here */
+  return result;
+}
+
+static VALUE entry_ensure(VALUE p) {
+  entry_args *a = (entry_args *) p;
+  if (!a->returned) rb_funcall(a->self, id_undo_take, 1, a->depth);
+  return Qnil;
+}
+
+static VALUE enter(int argc, VALUE *argv, VALUE self, ID body) {
+  entry_args a;
+  a.self = self;
+  a.body = body;
+  a.argc = argc;
+  a.argv = argv;
+  a.kw_splat = rb_keyword_given_p();
+  a.depth = rb_ivar_get(self, id_iv_depth);
+  a.returned = 0;
+  return rb_ensure(entry_body, (VALUE) &a, entry_ensure, (VALUE) &a);
+}
+
+/* lock(timeout: @timeout) -> true; see lib/mega_mutex/lock.rb */
+static VALUE lock_lock(int argc, VALUE *argv, VALUE self) { return enter(argc, argv, self, id_lock_body); }
+
+/* try_lock -> true | false; see lib/mega_mutex/lock.rb */
+static VALUE lock_try_lock(int argc, VALUE *argv, VALUE self) { return enter(argc, argv, self, id_try_lock_body); }
+
+void mm_lock_entry_init(VALUE mMegaMutex) {
+  VALUE cLock = rb_define_class_under(mMegaMutex, "Lock", rb_cObject);
+  id_lock_body = rb_intern("_lock");
+  id_try_lock_body = rb_intern("_try_lock");
+  id_undo_take = rb_intern("_undo_take");
+  id_iv_depth = rb_intern("@depth");
+  rb_define_method(cLock, "lock", lock_lock, -1);
+  rb_define_method(cLock, "try_lock", lock_try_lock, -1);
+}
