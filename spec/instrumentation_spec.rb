@@ -67,7 +67,7 @@ RSpec.describe "instrumentation" do
       holder&.unlock
     end
 
-    it "publishes lost.mega_mutex from the renewer thread when the lease disappears, then release with lost: true" do
+    it "publishes lost.mega_mutex from the thread that reports the renewer's losses when the lease disappears, then release with lost: true" do
       MegaMutex.configure { |c| c.lock_ttl = 1 }
       received = subscribe!
       lock = MegaMutex::Lock.new("vanish")
@@ -79,7 +79,7 @@ RSpec.describe "instrumentation" do
       expect(name).to eq("lost.mega_mutex")
       expect(payload).to include(id: "vanish", key: lock.key)
       expect(payload[:reason]).to match(/not found when renewing/)
-      expect(thread.name).to eq("mega_mutex renewer")
+      expect(thread.name).to eq("mega_mutex losses")
 
       expect(lock.unlock).to be(false)
       expect(named(received.call, "lost.mega_mutex").size).to eq(1) # published once

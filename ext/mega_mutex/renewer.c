@@ -285,6 +285,7 @@ static int grow_arrays(mm_lease ***arrays, size_t narrays, size_t *cap, size_t w
 
 static void *lane_main(void *arg) {
   mm_lane *lane = arg;
+  pthread_setname_np(pthread_self(), "mm renewer"); /* as `ps -L` and /proc show it */
   mm_lease *(*arrays[3]) = {NULL, NULL, NULL}; /* due, lost, dropped */
   size_t cap = 0;
   pthread_mutex_lock(&lane->mutex);
