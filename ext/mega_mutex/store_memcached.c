@@ -306,11 +306,16 @@ static mm_status conn_open(mm_memcached_store *s, mm_conn *c, const char *doing)
   return MM_OK;
 }
 
-/* The server of `key` (libmemcached's continuum: pure computation). */
+/* The server of `key` (libmemcached's continuum: pure computation). A
+ * connection with bytes left over from an earlier reply has a server that
+ * sends what was not asked for: it is closed (and reopened on use), so those
+ * bytes can never be read as the reply to the next request. */
 static mm_conn *conn_for(mm_memcached_store *s, mm_bytes key) {
   uint32_t i = s->nconns == 1 ? 0 : memcached_generate_hash(s->mc, key.ptr, key.len);
   if (i >= s->nconns) i = 0; /* cannot happen: the continuum only names our servers */
-  return &s->conns[i];
+  mm_conn *c = &s->conns[i];
+  if (c->fd >= 0 && c->rpos != c->rlen) conn_close(c);
+  return c;
 }
 
 /* ---- requests and replies ------------------------------------------------ */
@@ -329,6 +334,11 @@ static mm_status io_failed(mm_memcached_store *s, mm_conn *c, mm_status st, cons
 }
 
 static mm_status send_all(mm_memcached_store *s, mm_conn *c, const char *buf, size_t len, const char *doing) {
+  if (c->rpos != c->rlen) {
+    char ex[100];
+    excerpt(c->rbuf + c->rpos, c->rlen - c->rpos, ex, sizeof ex);
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "unexpected reply \"%s\" (sent before it was asked for)", ex);
+  }
   while (len > 0) {
     ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
     if (n > 0) {
