@@ -22,7 +22,7 @@
 
 static VALUE cClient;
 static VALUE eError, eConnectionError, eServerError;
-static ID id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder;
+static ID id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown;
 
 typedef struct {
   mm_store *store;
@@ -203,6 +203,9 @@ static VALUE client_initialize(VALUE self, VALUE servers, VALUE connect_ms, VALU
     rb_sys_fail("eventfd");
   }
   c->store = a.result;
+  /* The waker ends a request in progress, not only a wait. */
+  c->store->cancel_fd = c->waker.fd;
+  c->store->cancelled = &c->waker.interrupted;
   c->pid = getpid();
   return self;
 }
@@ -235,6 +238,10 @@ static void *acquire_nogvl(void *p) {
  * thread, so an `ensure` that checks it always releases what was taken.
  * false: timed out; state's @holder names the holder seen last.
  * @attempts and @waited are set in both cases.
+ * When an interrupt (Thread#raise, Timeout, a signal) ends a take after its
+ * add was written, state's @outcome_unknown is set to true before the
+ * interrupt is raised: the lock may be ours, and whoever raised must have
+ * it cleaned up (as for a ConnectionError).
  */
 static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VALUE ttl, VALUE timeout,
                             VALUE bmin, VALUE bmax) {
@@ -268,6 +275,7 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
     rb_nogvl(acquire_nogvl, &a, mm_waker_wake, &c->waker, RB_NOGVL_INTR_FAIL | RB_NOGVL_UBF_ASYNC_SAFE);
     if (a.ran) attempts += a.stats.attempts;
     if (a.ran && a.status != MM_INTERRUPTED) break;
+    if (a.ran && c->store->maybe_applied) rb_ivar_set(state, id_iv_outcome_unknown, Qtrue);
     /* Interrupted: raise the pending exception, if any, with the client
      * given back first; a spurious wake-up goes round again. */
     client_give_back(c);
@@ -302,18 +310,22 @@ enum short_op { OP_RELEASE, OP_EXTEND, OP_READ, OP_FORCE };
 typedef struct {
   enum short_op op;
   mm_store *store;
+  mm_waker *waker;
   mm_bytes key, token;
   unsigned ttl;
   uint64_t version, witness;
+  int unknown; /* an earlier, interrupted try may have been applied */
   mm_holder holder;
   mm_status status;
+  int ran;
 } short_args;
 
 static void *short_nogvl(void *p) {
   short_args *a = p;
   mm_store *s = a->store;
+  a->ran = 1;
   switch (a->op) {
-  case OP_RELEASE: a->status = s->ops->release(s, a->key, a->token, a->version, a->witness); break;
+  case OP_RELEASE: a->status = s->ops->release(s, a->key, a->token, a->version, a->witness, a->unknown); break;
   case OP_EXTEND: a->status = s->ops->extend(s, a->key, a->token, a->ttl, &a->version); break;
   case OP_READ: a->status = s->ops->read(s, a->key, &a->holder); break;
   case OP_FORCE: a->status = s->ops->force_release(s, a->key); break;
@@ -323,10 +335,20 @@ static void *short_nogvl(void *p) {
 
 static VALUE short_body(VALUE p) {
   short_args *a = (short_args *) p;
-  /* RUBY_UBF_IO only interrupts a poll, which libmemcached resumes: a short
-   * call is never cut off mid-request (that would leave the connection out
-   * of step). It ends within the I/O timeout; the interrupt follows. */
-  rb_thread_call_without_gvl(short_nogvl, a, RUBY_UBF_IO, NULL);
+  /* The waker ends the request at once (the store closes the connection, so
+   * nothing is left out of step), then the interrupt is raised. Under
+   * Thread.handle_interrupt(... => :never) nothing is raised: the call is
+   * made again, knowing an earlier try may have been applied. INTR_FAIL: an
+   * interrupt is never raised after the call has run, so its result is
+   * never lost. */
+  for (;;) {
+    mm_waker_reset(a->waker);
+    a->ran = 0;
+    rb_nogvl(short_nogvl, a, mm_waker_wake, a->waker, RB_NOGVL_INTR_FAIL | RB_NOGVL_UBF_ASYNC_SAFE);
+    if (a->ran && a->status != MM_INTERRUPTED) break;
+    if (a->ran && a->store->maybe_applied) a->unknown = 1;
+    rb_thread_check_ints();
+  }
   return Qnil;
 }
 
@@ -340,14 +362,16 @@ static VALUE short_give_back(VALUE p) {
 static mm_status run_short(VALUE self, short_args *a) {
   mm_client *c = client_take(self);
   a->store = c->store;
+  a->waker = &c->waker;
   rb_ensure(short_body, (VALUE) a, short_give_back, (VALUE) c);
   if (a->status == MM_ERR_CONNECTION || a->status == MM_ERR_SERVER) raise_store_error(c->store, a->status);
   return a->status;
 }
 
 /* _release(key, token, version) -> true if our lock was removed, false if
- * it was gone or held by someone else. `version` is what _acquire left in
- * @version (nil when unknown). */
+ * it was gone or held by someone else (lost). `version` is what _acquire
+ * left in @version (nil when unknown). A cas whose reply was lost with its
+ * connection, after which the key is gone, counts as removed. */
 static VALUE client_release(VALUE self, VALUE key, VALUE token, VALUE version) {
   key_buf k, t;
   copy_key(key, &k, MM_KEY_MAX, "key");
@@ -375,7 +399,8 @@ static VALUE client_extend(VALUE self, VALUE key, VALUE token, VALUE ttl) {
   return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
 }
 
-/* _read(key) -> the holder's token, or nil. */
+/* _read(key) -> the holder's token, or nil when nobody holds it. Any error
+ * (SERVER_ERROR, a malformed reply, a timeout) raises: never nil. */
 static VALUE client_read(VALUE self, VALUE key) {
   key_buf k;
   copy_key(key, &k, MM_KEY_MAX, "key");
@@ -439,6 +464,7 @@ void mm_client_init(VALUE mNative) {
   id_iv_attempts = rb_intern("@attempts");
   id_iv_waited = rb_intern("@waited");
   id_iv_holder = rb_intern("@holder");
+  id_iv_outcome_unknown = rb_intern("@outcome_unknown");
 
   cClient = rb_define_class_under(mNative, "Client", rb_cObject);
   rb_define_alloc_func(cClient, client_alloc);

@@ -2,10 +2,13 @@
  * lock.c - taking a lock: try, and while someone else holds it, sleep with
  * exponential backoff and jitter, bounded by the policy's timeout.
  *
- * Runs without the GVL. Sleeps on a condition variable that the unblocking
- * function signals, so Thread#raise, Timeout and Ctrl-C end a wait at once;
- * a store call in flight is never cut short (the connection stays in step)
- * and lasts at most the configured I/O timeout.
+ * Runs without the GVL. Sleeps polling the waker's eventfd, which the
+ * unblocking function writes, so Thread#raise, Timeout and Ctrl-C end a wait
+ * at once. A store call in flight watches the same eventfd: it ends at once
+ * if it has written nothing that changes the server, otherwise within the
+ * store's short grace (its connection is then closed, never left out of
+ * step, and the outcome reported as unknown). Each store call lasts at most
+ * the configured I/O timeout (plus the connect timeout when it connects).
  */
 #define _GNU_SOURCE /* ppoll */
 #include <errno.h>

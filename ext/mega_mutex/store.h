@@ -8,6 +8,13 @@
  *
  * Every function here runs WITHOUT the Ruby GVL: no Ruby API may be used.
  * Errors are reported through mm_status plus a message in store->error.
+ *
+ * Each call is one request, bounded as a whole by the store's I/O timeout
+ * (plus the connect timeout when it must connect), and ends at once with
+ * MM_INTERRUPTED when store->cancel_fd becomes readable / *cancelled is set
+ * (the client's waker). A call that ends in an error or MM_INTERRUPTED after
+ * writing a store command (add, cas, delete) sets store->maybe_applied: its
+ * outcome is unknown, never "not done".
  */
 #ifndef MEGA_MUTEX_STORE_H
 #define MEGA_MUTEX_STORE_H
@@ -17,14 +24,15 @@
 
 #define MM_KEY_MAX 250   /* longest key a store must accept */
 #define MM_TOKEN_MAX 200 /* longest owner token */
-#define MM_ERROR_MAX 512
+#define MM_ERROR_MAX 1024
 
 typedef enum {
   MM_OK = 0,         /* taken / released / extended / found */
   MM_HELD,           /* someone else holds the lock */
   MM_ABSENT,         /* nobody holds the lock */
   MM_TIMEOUT,        /* (lock.c) gave up waiting */
-  MM_INTERRUPTED,    /* (lock.c) Ruby asked the thread to stop waiting */
+  MM_INTERRUPTED,    /* Ruby asked the thread to stop (waiting, or a request
+                        in progress: see maybe_applied) */
   MM_ERR_CONNECTION, /* server unreachable, timed out, failed mid-request */
   MM_ERR_SERVER      /* server refused: out of memory, no CAS, protocol */
 } mm_status;
@@ -53,9 +61,12 @@ typedef struct {
   mm_status (*acquire)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder);
   /* Remove `key` only if `token` still holds it. `version` and `witness`
    * are what acquire returned (0 when unknown): hints a store may use to
-   * save a round trip when it can prove them still valid. MM_OK, or
-   * MM_HELD (someone else holds it now) / MM_ABSENT (gone). */
-  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness);
+   * save a round trip when it can prove them still valid. `unknown`: an
+   * earlier try of this release may have been applied (then "gone" means
+   * released). MM_OK, or MM_HELD (someone else holds it now: lost) /
+   * MM_ABSENT (gone, and not by this release: lost). */
+  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness,
+                       int unknown);
   /* Renew the lease of `key` to `ttl` seconds if `token` holds it; the new
    * version goes to *version. MM_OK, MM_HELD or MM_ABSENT. */
   mm_status (*extend)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version);
@@ -76,6 +87,10 @@ typedef struct {
 struct mm_store {
   const mm_store_ops *ops;
   char error[MM_ERROR_MAX]; /* message for the last MM_ERR_* */
+  int cancel_fd;            /* readable when the call must stop; -1: none */
+  const int *cancelled;     /* set (read atomically) when it must stop; may be NULL */
+  int maybe_applied;        /* the last call wrote a store command whose
+                               outcome it does not know */
 };
 
 /* Server address for mm_memcached_store_new: port 0 means `host` is a

@@ -1,66 +1,123 @@
 /*
- * store_memcached.c - the lock store over libmemcached.
+ * store_memcached.c - the lock store over memcached's text protocol.
+ *
+ * libmemcached keeps the server list and picks the server of a key (its
+ * ketama continuum, so every libmemcached client agrees on it); the
+ * requests themselves are written and their replies parsed here, on our own
+ * sockets. Three reasons, each a defect of libmemcached 1.1.4's reply
+ * parser that no behaviour flag avoids (text and binary alike):
+ *   - it trusts the lengths a server sends: "VALUE k 0 -1 5" makes it write
+ *     before its buffer, a bare "VERSION" dereferences NULL, and over binary
+ *     a key length above 250 overflows the result's key buffer;
+ *   - its I/O timeout bounds each poll, not a request: a server trickling a
+ *     byte at a time holds a call (and Ruby's interrupts) indefinitely;
+ *   - it reads a SERVER_ERROR from gets as the end of the reply ("absent").
+ * Here every reply is checked against the one reply its request allows;
+ * anything else is an error and the connection is closed. Each request
+ * (one store call) has one deadline, and the wait also watches the waker's
+ * eventfd, so Thread#raise, Timeout and Ctrl-C end it at once.
  *
  * A lock is one item: key = the lock's key, value = the holder's token, with
  * the lease as its expiry. The protocol, per MEMCACHED_NOTES.md:
  *
- *   take     add(key, token, ttl) without waiting for its reply (NOREPLY),
- *            then gets(key) on the same connection: one round trip. The item
- *            read back is the truth: my token means I hold it, and its CAS
- *            lets me release it atomically later.
- *   release  cas(key, token, exptime = a date in 1970, cas): stored only if
- *            nobody changed the item since, and expired at once - an atomic
+ *   take     "add key 0 ttl n noreply" then "gets key", in one write: one
+ *            round trip. The item read back is the truth: my token means I
+ *            hold it, and its CAS lets me release it atomically later.
+ *   release  "cas key 0 <a date in 1970> n cas": stored only if nobody
+ *            changed the item since, and expired at once - an atomic
  *            compare-and-delete, one round trip. Only when the CAS is proven
- *            current (see "witness" below); otherwise gets(key), compare the
+ *            current (see "witness" below); otherwise gets, compare the
  *            token, then that cas.
- *   extend   gets, compare token, cas(key, token, new ttl, cas).
+ *   extend   gets, compare token, "cas key 0 ttl n cas".
  *
  * The witness. A restarted server counts CAS from 0 again, so an old CAS
  * can match a new holder's item: a CAS alone is no proof of ownership. But
  * a TCP (or unix socket) connection cannot outlive the server process it
  * was opened to. So a CAS read on a connection, then used on that same
- * connection, with no failure on it in between, is a CAS of the same server
- * process - unique for its lifetime - and the 1-round-trip cas is safe.
- * libmemcached reconnects only after closing a connection, and it closes
- * one only on a failure it reports (or on quit/free, which we never call on
- * a live store). Each store therefore carries an epoch, drawn from one
- * process-wide counter and renewed on every failure: acquire returns it
- * with the CAS (holder->witness), and release takes the short path only
- * when it finds the same epoch on the same store. Anything else - another
- * connection, a failure since, a renewal by another connection (its cas
- * changed the CAS: EXISTS) - takes the long path, which compares the token.
-
+ * connection, is a CAS of the same server process - unique for its
+ * lifetime - and the 1-round-trip cas is safe. Each connection we open gets
+ * a generation number from one process-wide counter, and any failure closes
+ * it: acquire returns the generation with the CAS (holder->witness), and
+ * release takes the short path only when the same connection is still open.
+ *
+ * Outcomes. A request that fails after a store command (add, cas, delete)
+ * was written has an unknown outcome: it may have been applied. The store
+ * says so in base.maybe_applied; a release whose cas may have been applied
+ * and whose key is then absent was released by it (not lost); held by
+ * another token, it is lost.
+ *
  * All functions here run without the GVL and use no Ruby API.
  */
+#define _GNU_SOURCE /* ppoll */
 #include "store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <libmemcached/memcached.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
 
 /* An absolute expiry in the past (anything above 30 days is a Unix time):
  * a cas with it stores nothing lasting - the item is gone at once. */
-#define MM_EXPIRE_NOW ((time_t) 2592001)
+#define MM_EXPIRE_NOW 2592001UL
 #define MM_RELEASE_TRIES 5
+#define MM_LINE_MAX 1024          /* longest reply line accepted */
+#define MM_VALUE_MAX (1024 * 1024) /* longest value drained from a gets */
+#define MM_RBUF 4096
+/* An interrupt ends a request at once while nothing has been written that
+ * changes the server; after a store command was written it lets the reply
+ * arrive for this long (normally well under a millisecond), so that a take
+ * or release cut by Timeout still has a known outcome. Only a server that
+ * answers slower than this leaves the outcome unknown. */
+#define MM_INTERRUPT_GRACE 0.02
+
+typedef struct {
+  char *host;      /* host name or address, or a unix socket path */
+  unsigned port;   /* 0: unix socket */
+  char label[300]; /* "host:port" or the path, for messages */
+  int fd;          /* -1 when closed */
+  uint64_t generation; /* of the open connection; 0 when closed */
+  double retry_at;     /* after a failed connect: fail at once until then */
+  char connect_error[256];
+  char rbuf[MM_RBUF];
+  size_t rpos, rlen;
+} mm_conn;
 
 typedef struct {
   mm_store base;
-  memcached_st *mc;
-  memcached_result_st result;
-  memcached_return_t last_rc; /* of the last failure */
-  uint64_t epoch;             /* renewed on every failure: see "witness" above */
+  memcached_st *mc; /* the server list and the continuum; never does I/O */
+  mm_conn *conns;
+  size_t nconns;
+  double connect_timeout, io_timeout, retry_timeout; /* seconds */
+  double deadline; /* of the request in progress */
+  double grace_until; /* once interrupted: when to give up; 0 before */
+  int retryable;   /* the last failure: a connection that broke while idle */
 } mm_memcached_store;
 
-/* Epochs are unique across the stores of a process, so a witness from one
- * store never matches another's. Never 0 (0 means "unknown"). */
-static uint64_t epoch_counter;
+/* Generations are unique across the stores of a process, so a witness from
+ * one store never matches another's. Never 0 (0 means "unknown"). */
+static uint64_t generation_counter;
 
-static uint64_t next_epoch(void) { return __atomic_add_fetch(&epoch_counter, 1, __ATOMIC_RELAXED); }
+static uint64_t next_generation(void) {
+  return __atomic_add_fetch(&generation_counter, 1, __ATOMIC_RELAXED);
+}
 
-/* Any failure may have closed a connection: nothing read before it is
- * witnessed any more. */
-static void connection_suspect(mm_memcached_store *s) { s->epoch = next_epoch(); }
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
 
 int mm_key_valid(mm_bytes key) {
   if (key.len == 0 || key.len > MM_KEY_MAX) return 0;
@@ -75,177 +132,531 @@ int mm_token_valid(mm_bytes token) {
   return token.len <= MM_TOKEN_MAX && mm_key_valid(token);
 }
 
-static int is_connection_failure(memcached_return_t rc) {
-  switch (rc) {
-  case MEMCACHED_FAILURE: /* what mget returns after a broken pipe */
-  case MEMCACHED_HOST_LOOKUP_FAILURE:
-  case MEMCACHED_CONNECTION_FAILURE:
-  case MEMCACHED_CONNECTION_BIND_FAILURE:
-  case MEMCACHED_WRITE_FAILURE:
-  case MEMCACHED_READ_FAILURE:
-  case MEMCACHED_UNKNOWN_READ_FAILURE:
-  case MEMCACHED_PARTIAL_READ:
-  case MEMCACHED_NO_SERVERS:
-  case MEMCACHED_ERRNO:
-  case MEMCACHED_FAIL_UNIX_SOCKET:
-  case MEMCACHED_TIMEOUT:
-  case MEMCACHED_SERVER_MARKED_DEAD:
-  case MEMCACHED_SERVER_TEMPORARILY_DISABLED:
-  case MEMCACHED_IN_PROGRESS:
-    return 1;
-  default:
-    return 0;
+/* ---- errors ------------------------------------------------------------- */
+
+static void conn_close(mm_conn *c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  c->generation = 0;
+  c->rpos = c->rlen = 0;
+}
+
+/* Closes `c` (its replies may be out of step, or it is broken) and records
+ * "memcached <server> failed to <doing>: <why>". */
+static mm_status conn_fail(mm_memcached_store *s, mm_conn *c, mm_status st, const char *doing,
+                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static mm_status conn_fail(mm_memcached_store *s, mm_conn *c, mm_status st, const char *doing,
+                           const char *fmt, ...) {
+  char why[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  conn_close(c);
+  if (st != MM_INTERRUPTED)
+    snprintf(s->base.error, sizeof s->base.error, "memcached %s failed to %.40s: %s", c->label, doing, why);
+  return st;
+}
+
+/* A printable excerpt of a reply, for messages. */
+static void excerpt(const char *p, size_t n, char *out, size_t outlen) {
+  size_t j = 0;
+  for (size_t i = 0; i < n && j + 5 < outlen; i++) {
+    unsigned char ch = (unsigned char) p[i];
+    if (ch == '\r' || ch == '\n') break;
+    if (ch >= 0x20 && ch < 0x7f) out[j++] = (char) ch;
+    else j += (size_t) snprintf(out + j, outlen - j, "\\x%02x", ch);
+  }
+  if (n > 80 && j + 4 < outlen) {
+    memcpy(out + j, "...", 3);
+    j += 3;
+  }
+  out[j] = '\0';
+}
+
+/* ---- waiting ------------------------------------------------------------ */
+
+static int cancelled(const mm_memcached_store *s) {
+  return s->base.cancelled != NULL && __atomic_load_n(s->base.cancelled, __ATOMIC_SEQ_CST);
+}
+
+/* Waits until `fd` is ready for `events`: MM_OK, MM_TIMEOUT at `deadline`,
+ * or MM_INTERRUPTED when the waker fires (see MM_INTERRUPT_GRACE). */
+static mm_status wait_fd(mm_memcached_store *s, int fd, short events, double deadline) {
+  struct pollfd pfd[2] = {{fd, events, 0}, {s->base.cancel_fd, POLLIN, 0}};
+  for (;;) {
+    int cancel = cancelled(s);
+    double now = now_s(), until = deadline;
+    if (cancel) {
+      if (!s->base.maybe_applied) return MM_INTERRUPTED;
+      if (s->grace_until == 0) s->grace_until = now + MM_INTERRUPT_GRACE;
+      if (s->grace_until < until) until = s->grace_until;
+    }
+    double left = until - now;
+    if (left <= 0) return cancel ? MM_INTERRUPTED : MM_TIMEOUT;
+    struct timespec ts;
+    ts.tv_sec = (time_t) left;
+    ts.tv_nsec = (long) ((left - (double) ts.tv_sec) * 1e9);
+    /* Once interrupted, the waker stays readable: watch the socket only. */
+    nfds_t n = (!cancel && s->base.cancel_fd >= 0) ? 2 : 1;
+    int r = ppoll(pfd, n, &ts, NULL);
+    if (r < 0 && errno != EINTR) return MM_ERR_CONNECTION;
+    if (r > 0 && pfd[0].revents != 0) return MM_OK;
   }
 }
 
-/* Record the error of `rc` for `key` and classify it. */
-static mm_status fail(mm_memcached_store *s, memcached_return_t rc, mm_bytes key, const char *doing) {
-  connection_suspect(s);
-  memcached_return_t lookup_rc = MEMCACHED_SUCCESS;
-  const memcached_instance_st *server = memcached_server_by_key(s->mc, key.ptr, key.len, &lookup_rc);
-  const char *detail = memcached_last_error_message(s->mc);
-  if (detail == NULL || *detail == '\0' || memcached_last_error(s->mc) != rc)
-    detail = memcached_strerror(s->mc, rc); /* no message recorded for this one */
-  s->last_rc = rc;
-  /* libmemcached's message reads "(0x<address>) WHAT(why),  host: h:p ->
-   * file:line": keep "WHAT(why)". */
-  if (detail[0] == '(' && detail[1] == '0' && detail[2] == 'x') {
-    const char *end = strstr(detail, ") ");
-    if (end != NULL) detail = end + 2;
-  }
-  char what[256];
-  size_t n = strcspn(detail, ",");
-  if (n >= sizeof what) n = sizeof what - 1;
-  memcpy(what, detail, n);
-  what[n] = '\0';
-  while (n > 0 && what[n - 1] == ' ') what[--n] = '\0';
-  detail = what;
-  if (server != NULL && memcached_success(lookup_rc)) {
-    snprintf(s->base.error, sizeof s->base.error, "memcached %s:%u failed to %s: %s",
-             memcached_server_name(server), (unsigned) memcached_server_port(server), doing, detail);
+/* ---- connections -------------------------------------------------------- */
+
+static int set_nonblocking_socket(int domain) {
+  return socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+}
+
+/* connect() on a non-blocking socket, waiting until `deadline`. 0, or an
+ * errno (ETIMEDOUT at the deadline, EINTR when interrupted). */
+static int connect_wait(mm_memcached_store *s, int fd, const struct sockaddr *addr, socklen_t len,
+                        double deadline) {
+  if (connect(fd, addr, len) == 0) return 0;
+  if (errno != EINPROGRESS) return errno; /* a unix socket's full backlog (EAGAIN) too */
+  mm_status st = wait_fd(s, fd, POLLOUT, deadline);
+  if (st == MM_TIMEOUT) return ETIMEDOUT;
+  if (st == MM_INTERRUPTED) return EINTR;
+  int err = 0;
+  socklen_t elen = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) return errno;
+  return err;
+}
+
+static mm_status connect_failed(mm_memcached_store *s, mm_conn *c, const char *doing, const char *why) {
+  snprintf(c->connect_error, sizeof c->connect_error, "%s", why);
+  c->retry_at = now_s() + s->retry_timeout;
+  return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s", why);
+}
+
+/* Opens c's connection if it is closed. A failed connect is remembered: for
+ * retry_timeout seconds calls fail at once, with the same cause. */
+static mm_status conn_open(mm_memcached_store *s, mm_conn *c, const char *doing) {
+  if (c->fd >= 0) return MM_OK;
+  double start = now_s();
+  if (start < c->retry_at)
+    return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s (not retried for another %.1f s)", c->connect_error,
+                     c->retry_at - start);
+  double deadline = start + s->connect_timeout;
+  char why[256];
+  int fd = -1, err = 0;
+
+  if (c->port == 0) {
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    if (strlen(c->host) >= sizeof sun.sun_path) return connect_failed(s, c, doing, "socket path too long");
+    memcpy(sun.sun_path, c->host, strlen(c->host) + 1);
+    fd = set_nonblocking_socket(AF_UNIX);
+    if (fd < 0) err = errno;
+    else err = connect_wait(s, fd, (const struct sockaddr *) &sun, sizeof sun, deadline);
   } else {
-    snprintf(s->base.error, sizeof s->base.error, "memcached failed to %s: %s", doing, detail);
+    struct addrinfo hints, *list = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    char port[16];
+    snprintf(port, sizeof port, "%u", c->port);
+    int gai = getaddrinfo(c->host, port, &hints, &list);
+    if (gai != 0) {
+      snprintf(why, sizeof why, "could not resolve host: %s", gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+      return connect_failed(s, c, doing, why);
+    }
+    err = ENOENT;
+    for (struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
+      fd = set_nonblocking_socket(ai->ai_family);
+      if (fd < 0) {
+        err = errno;
+        continue;
+      }
+      err = connect_wait(s, fd, ai->ai_addr, ai->ai_addrlen, deadline);
+      if (err == 0 || err == EINTR) break;
+      close(fd);
+      fd = -1;
+    }
+    freeaddrinfo(list);
+    if (fd >= 0 && err == 0) {
+      int one = 1;
+      if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) err = errno;
+    }
   }
-  return is_connection_failure(rc) ? MM_ERR_CONNECTION : MM_ERR_SERVER;
+  if (err != 0) {
+    if (fd >= 0) close(fd);
+    if (err == EINTR) return MM_INTERRUPTED;
+    if (err == ETIMEDOUT)
+      snprintf(why, sizeof why, "could not connect: timed out after %.3g s (connect_timeout)", s->connect_timeout);
+    else if (err == EMFILE || err == ENFILE)
+      snprintf(why, sizeof why, "could not open a socket: %s", strerror(err));
+    else
+      snprintf(why, sizeof why, "could not connect: %s", strerror(err));
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+      return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s", why); /* ours, not the server's: no retry delay */
+    return connect_failed(s, c, doing, why);
+  }
+  c->fd = fd;
+  c->generation = next_generation();
+  c->rpos = c->rlen = 0;
+  c->retry_at = 0;
+  /* Time spent connecting is not taken from the request's own budget. */
+  s->deadline += now_s() - start;
+  return MM_OK;
 }
 
-static mm_status fail_msg(mm_memcached_store *s, const char *msg) {
-  connection_suspect(s);
-  snprintf(s->base.error, sizeof s->base.error, "%s", msg);
-  return MM_ERR_SERVER;
+/* The server of `key` (libmemcached's continuum: pure computation). A
+ * connection with bytes left over from an earlier reply has a server that
+ * sends what was not asked for: it is closed (and reopened on use), so those
+ * bytes can never be read as the reply to the next request. */
+static mm_conn *conn_for(mm_memcached_store *s, mm_bytes key) {
+  uint32_t i = s->nconns == 1 ? 0 : memcached_generate_hash(s->mc, key.ptr, key.len);
+  if (i >= s->nconns) i = 0; /* cannot happen: the continuum only names our servers */
+  mm_conn *c = &s->conns[i];
+  if (c->fd >= 0 && c->rpos != c->rlen) conn_close(c);
+  return c;
 }
 
-/* gets: MM_OK with holder filled, MM_ABSENT, or an error. Always drains the
- * replies so the connection stays in step. */
-static mm_status read_holder(mm_memcached_store *s, mm_bytes key, mm_holder *holder) {
-  const char *keys[1] = {key.ptr};
-  size_t lens[1] = {key.len};
-  memcached_return_t rc = memcached_mget(s->mc, keys, lens, 1);
-  if (memcached_failed(rc)) return fail(s, rc, key, "read a lock");
+/* ---- requests and replies ------------------------------------------------ */
 
-  int found = 0;
-  memcached_return_t fetch_rc = MEMCACHED_SUCCESS;
-  memcached_result_st *res;
-  while ((res = memcached_fetch_result(s->mc, &s->result, &fetch_rc)) != NULL) {
-    if (found) continue; /* one key asked for; drain anything else */
-    size_t len = memcached_result_length(res);
-    if (len > MM_TOKEN_MAX) len = MM_TOKEN_MAX; /* cannot be one of our tokens */
-    memcpy(holder->token, memcached_result_value(res), len);
-    holder->token[len] = '\0';
-    holder->token_len = len;
-    holder->version = memcached_result_cas(res);
-    holder->witness = s->epoch;
-    found = 1;
+/* A failed read or write on an open connection. */
+static mm_status io_failed(mm_memcached_store *s, mm_conn *c, mm_status st, const char *doing, int err,
+                           int eof) {
+  if (st == MM_INTERRUPTED) return conn_fail(s, c, MM_INTERRUPTED, doing, "interrupted");
+  if (st == MM_TIMEOUT)
+    return conn_fail(s, c, MM_ERR_CONNECTION, doing, "timed out after %.3g s (io_timeout)", s->io_timeout);
+  /* A connection that broke while idle (server restarted, idle timeout):
+   * worth one more try on a new one. */
+  s->retryable = 1;
+  if (eof) return conn_fail(s, c, MM_ERR_CONNECTION, doing, "the server closed the connection");
+  return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s", strerror(err));
+}
+
+static mm_status send_all(mm_memcached_store *s, mm_conn *c, const char *buf, size_t len, const char *doing) {
+  if (c->rpos != c->rlen) {
+    char ex[100];
+    excerpt(c->rbuf + c->rpos, c->rlen - c->rpos, ex, sizeof ex);
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "unexpected reply \"%s\" (sent before it was asked for)", ex);
   }
-  if (fetch_rc != MEMCACHED_END && fetch_rc != MEMCACHED_NOTFOUND && memcached_failed(fetch_rc))
-    return fail(s, fetch_rc, key, "read a lock");
-  return found ? MM_OK : MM_ABSENT;
+  while (len > 0) {
+    ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+    if (n > 0) {
+      buf += n;
+      len -= (size_t) n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      mm_status st = wait_fd(s, c->fd, POLLOUT, s->deadline);
+      if (st != MM_OK) return io_failed(s, c, st, doing, errno, 0);
+      continue;
+    }
+    return io_failed(s, c, MM_ERR_CONNECTION, doing, errno, 0);
+  }
+  return MM_OK;
+}
+
+/* Reads more bytes into c->rbuf. */
+static mm_status fill(mm_memcached_store *s, mm_conn *c, const char *doing) {
+  if (c->rpos > 0) {
+    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+    c->rlen -= c->rpos;
+    c->rpos = 0;
+  }
+  for (;;) {
+    ssize_t n = recv(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen, 0);
+    if (n > 0) {
+      c->rlen += (size_t) n;
+      return MM_OK;
+    }
+    if (n == 0) return io_failed(s, c, MM_ERR_CONNECTION, doing, 0, 1);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return io_failed(s, c, MM_ERR_CONNECTION, doing, errno, 0);
+    mm_status st = wait_fd(s, c->fd, POLLIN, s->deadline);
+    if (st != MM_OK) return io_failed(s, c, st, doing, errno, 0);
+  }
+}
+
+/* One reply line, without its "\r\n", NUL-terminated in *line (valid until
+ * the next read). */
+static mm_status read_line(mm_memcached_store *s, mm_conn *c, const char *doing, char **line, size_t *len) {
+  for (;;) {
+    char *start = c->rbuf + c->rpos;
+    size_t avail = c->rlen - c->rpos;
+    char *nl = memchr(start, '\n', avail);
+    if (nl != NULL) {
+      size_t n = (size_t) (nl - start);
+      if (n == 0 || start[n - 1] != '\r') {
+        char ex[100];
+        excerpt(start, n, ex, sizeof ex);
+        return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (a line not ended by CRLF): \"%s\"", ex);
+      }
+      start[n - 1] = '\0';
+      *line = start;
+      *len = n - 1;
+      c->rpos += n + 1;
+      return MM_OK;
+    }
+    if (avail >= MM_LINE_MAX) {
+      char ex[100];
+      excerpt(start, avail, ex, sizeof ex);
+      return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (a line longer than %d bytes): \"%s\"",
+                       MM_LINE_MAX, ex);
+    }
+    mm_status st = fill(s, c, doing);
+    if (st != MM_OK) return st;
+  }
+}
+
+/* Reads `n` bytes of a value, keeping the first `keep` in out. */
+static mm_status read_bytes(mm_memcached_store *s, mm_conn *c, const char *doing, size_t n, char *out, size_t keep) {
+  size_t done = 0;
+  while (done < n) {
+    if (c->rpos == c->rlen) {
+      mm_status st = fill(s, c, doing);
+      if (st != MM_OK) return st;
+    }
+    size_t take = c->rlen - c->rpos;
+    if (take > n - done) take = n - done;
+    if (done < keep) memcpy(out + done, c->rbuf + c->rpos, (keep - done) < take ? keep - done : take);
+    c->rpos += take;
+    done += take;
+  }
+  return MM_OK;
+}
+
+/* A decimal number of at most `max`, all digits, nothing else. */
+static int parse_number(const char *p, size_t n, uint64_t max, uint64_t *out) {
+  if (n == 0 || n > 20) return 0;
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] < '0' || p[i] > '9') return 0;
+    uint64_t d = (uint64_t) (p[i] - '0');
+    if (v > (UINT64_MAX - d) / 10) return 0;
+    v = v * 10 + d;
+  }
+  if (v > max) return 0;
+  *out = v;
+  return 1;
+}
+
+/* Splits `line` at single spaces into at most `max` words. */
+static size_t split_words(char *line, size_t len, const char **words, size_t *lens, size_t max) {
+  size_t n = 0, i = 0;
+  while (i < len && n < max + 1) {
+    size_t j = i;
+    while (j < len && line[j] != ' ') j++;
+    if (n < max) {
+      words[n] = line + i;
+      lens[n] = j - i;
+    }
+    n++;
+    i = j + 1;
+  }
+  return n;
+}
+
+static int word_is(const char *w, size_t n, const char *lit) {
+  return strlen(lit) == n && memcmp(w, lit, n) == 0;
+}
+
+static int starts_with(const char *line, size_t len, const char *lit) {
+  size_t n = strlen(lit);
+  return len >= n && memcmp(line, lit, n) == 0;
+}
+
+/* An error line a server may send instead of any reply: ServerError with
+ * its text. Anything else that is not the reply expected: ServerError
+ * "unexpected reply". Either way the connection is closed. */
+static mm_status unexpected(mm_memcached_store *s, mm_conn *c, const char *doing, const char *line, size_t len) {
+  char ex[200];
+  excerpt(line, len, ex, sizeof ex);
+  if (starts_with(line, len, "SERVER_ERROR") || starts_with(line, len, "CLIENT_ERROR"))
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "%s", ex);
+  if (word_is(line, len, "ERROR"))
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "ERROR (the server does not know the command: is it a memcached?)");
+  return conn_fail(s, c, MM_ERR_SERVER, doing, "unexpected reply \"%s\"", ex);
+}
+
+/* The reply to "gets key": MM_OK with holder filled, MM_ABSENT, or an
+ * error. Exactly "VALUE <key> <flags> <bytes> <cas>\r\n<bytes>\r\nEND\r\n"
+ * or "END\r\n" is accepted. */
+static mm_status read_gets_reply(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_holder *holder,
+                                 const char *doing) {
+  char *line;
+  size_t len;
+  mm_status st = read_line(s, c, doing, &line, &len);
+  if (st != MM_OK) return st;
+  if (word_is(line, len, "END")) return MM_ABSENT;
+  if (!starts_with(line, len, "VALUE ")) return unexpected(s, c, doing, line, len);
+
+  const char *w[5];
+  size_t wl[5];
+  uint64_t flags, bytes, cas;
+  char ex[200];
+  excerpt(line, len, ex, sizeof ex);
+  if (split_words(line, len, w, wl, 5) != 5 || wl[1] != key.len || memcmp(w[1], key.ptr, key.len) != 0 ||
+      !parse_number(w[2], wl[2], UINT32_MAX, &flags) || !parse_number(w[3], wl[3], MM_VALUE_MAX, &bytes) ||
+      !parse_number(w[4], wl[4], UINT64_MAX, &cas))
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" (expected VALUE %.*s <flags> <bytes> <cas>)",
+                     ex, (int) key.len, key.ptr);
+  size_t keep = bytes > MM_TOKEN_MAX ? MM_TOKEN_MAX : (size_t) bytes;
+  st = read_bytes(s, c, doing, (size_t) bytes, holder->token, keep);
+  if (st != MM_OK) return st;
+  holder->token[keep] = '\0';
+  holder->token_len = keep; /* a longer value cannot be one of our tokens */
+  holder->version = cas;
+  holder->witness = c->generation;
+  st = read_line(s, c, doing, &line, &len);
+  if (st != MM_OK) return st;
+  if (len != 0)
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (the value is longer than the %llu bytes announced)",
+                     (unsigned long long) bytes);
+  st = read_line(s, c, doing, &line, &len);
+  if (st != MM_OK) return st;
+  if (!word_is(line, len, "END")) {
+    excerpt(line, len, ex, sizeof ex);
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" after the value (expected END)", ex);
+  }
+  return MM_OK;
+}
+
+/* One reply line to a store command, matched against `accepted` (a
+ * NULL-terminated list): its index, or -1 with an error returned in *st. */
+static int read_status(mm_memcached_store *s, mm_conn *c, const char *doing, const char *const *accepted,
+                       mm_status *st) {
+  char *line;
+  size_t len;
+  *st = read_line(s, c, doing, &line, &len);
+  if (*st != MM_OK) return -1;
+  for (int i = 0; accepted[i] != NULL; i++)
+    if (word_is(line, len, accepted[i])) return i;
+  *st = unexpected(s, c, doing, line, len);
+  return -1;
+}
+
+/* Starts a request on the server of `key`: the deadline, the connection. */
+static mm_status begin(mm_memcached_store *s, mm_bytes key, mm_conn **c, const char *doing) {
+  s->deadline = now_s() + s->io_timeout;
+  s->grace_until = 0;
+  s->retryable = 0;
+  *c = conn_for(s, key);
+  return conn_open(s, *c, doing);
+}
+
+/* A retry of a whole request on a fresh connection, after one that broke
+ * while idle. */
+static mm_status again(mm_memcached_store *s, mm_bytes key, mm_conn **c, const char *doing) {
+  s->retryable = 0;
+  *c = conn_for(s, key);
+  return conn_open(s, *c, doing);
+}
+
+/* gets: MM_OK with holder filled, MM_ABSENT, or an error. */
+static mm_status gets(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_holder *holder, const char *doing) {
+  char req[MM_KEY_MAX + 16];
+  int n = snprintf(req, sizeof req, "gets %.*s\r\n", (int) key.len, key.ptr);
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  return read_gets_reply(s, c, key, holder, doing);
+}
+
+/* cas with `exptime`: MM_OK (stored), MM_HELD (EXISTS: changed since),
+ * MM_ABSENT (NOT_FOUND), or an error (then maybe applied). */
+static mm_status cas(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, unsigned long exptime,
+                     uint64_t version, const char *doing) {
+  char req[MM_KEY_MAX + MM_TOKEN_MAX + 96];
+  int n = snprintf(req, sizeof req, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, exptime,
+                   token.len, (unsigned long long) version, (int) token.len, token.ptr);
+  s->base.maybe_applied = 1;
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  static const char *const accepted[] = {"STORED", "EXISTS", "NOT_FOUND", NULL};
+  switch (read_status(s, c, doing, accepted, &st)) {
+  case 0: return MM_OK;
+  case 1: return MM_HELD;
+  case 2: return MM_ABSENT;
+  default: return st;
+  }
 }
 
 static int holder_is(const mm_holder *holder, mm_bytes token) {
   return holder->token_len == token.len && memcmp(holder->token, token.ptr, token.len) == 0;
 }
 
-static mm_status require_cas(mm_memcached_store *s, const mm_holder *holder) {
-  if (holder->version == 0)
-    return fail_msg(s, "memcached returned CAS 0 (server started with -C?): "
-                       "MegaMutex needs CAS for an atomic, owner-checked release");
-  return MM_OK;
+static mm_status require_cas(mm_memcached_store *s, mm_conn *c, const mm_holder *holder) {
+  if (holder->version != 0) return MM_OK;
+  conn_close(c);
+  snprintf(s->base.error, sizeof s->base.error,
+           "memcached %s returned CAS 0 (server started with -C?): "
+           "MegaMutex needs CAS for an atomic, owner-checked release", c->label);
+  return MM_ERR_SERVER;
 }
 
-static mm_status set_noreply(mm_memcached_store *s, int on, mm_bytes key) {
-  memcached_return_t rc = memcached_behavior_set(s->mc, MEMCACHED_BEHAVIOR_NOREPLY, (uint64_t) on);
-  return memcached_failed(rc) ? fail(s, rc, key, "configure the connection") : MM_OK;
-}
+/* ---- acquire ------------------------------------------------------------- */
 
 /* The slow path: an add whose reply we wait for, then a read. Used when the
  * fast path read back no item at all - either the holder released between
  * our add and our read, or the server would not store the lock. */
-static mm_status acquire_confirmed(mm_memcached_store *s, mm_bytes key, mm_bytes token,
-                                   uint32_t ttl, mm_holder *holder) {
-  memcached_return_t rc = memcached_add(s->mc, key.ptr, key.len, token.ptr, token.len, (time_t) ttl, 0);
-  mm_status st;
-  if (rc == MEMCACHED_SUCCESS) {
-    st = read_holder(s, key, holder);
+static mm_status acquire_confirmed(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
+                                   mm_holder *holder) {
+  const char *doing = "store a lock";
+  char req[MM_KEY_MAX + MM_TOKEN_MAX + 64];
+  int n = snprintf(req, sizeof req, "add %.*s 0 %u %zu\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) ttl,
+                   token.len, (int) token.len, token.ptr);
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  static const char *const accepted[] = {"STORED", "NOT_STORED", "EXISTS", NULL};
+  int r = read_status(s, c, doing, accepted, &st);
+  if (r < 0) return st;
+  st = gets(s, c, key, holder, doing);
+  if (r == 0) {
     if (st == MM_ABSENT)
-      return fail_msg(s, "memcached stored the lock but lost it at once (evicted? "
-                         "run a dedicated memcached with -M)");
+      return conn_fail(s, c, MM_ERR_SERVER, doing,
+                       "it stored the lock but lost it at once (evicted? run a dedicated memcached with -M)");
     if (st != MM_OK) return st;
     if (!holder_is(holder, token)) return MM_HELD;
-    return require_cas(s, holder);
+    return require_cas(s, c, holder);
   }
-  if (rc == MEMCACHED_NOTSTORED || rc == MEMCACHED_DATA_EXISTS) {
-    st = read_holder(s, key, holder);
-    if (st == MM_ABSENT) { /* released again in between: let the caller retry */
-      holder->token_len = 0;
-      holder->token[0] = '\0';
-      holder->version = 0;
-      return MM_HELD;
-    }
-    if (st != MM_OK) return st;
-    return holder_is(holder, token) ? require_cas(s, holder) : MM_HELD;
+  if (st == MM_ABSENT) { /* released again in between: let the caller retry */
+    holder->token_len = 0;
+    holder->token[0] = '\0';
+    holder->version = 0;
+    return MM_HELD;
   }
-  return fail(s, rc, key, "store a lock");
+  if (st != MM_OK) return st;
+  return holder_is(holder, token) ? require_cas(s, c, holder) : MM_HELD;
 }
 
-/* A connection that broke while idle (server restarted, idle timeout)
- * fails once and is reconnected by the next call: worth one more try.
- * A timeout or a server marked dead is not. */
-static int worth_retrying(mm_memcached_store *s, mm_status st) {
-  if (st != MM_ERR_CONNECTION) return 0;
-  switch (s->last_rc) {
-  case MEMCACHED_TIMEOUT:
-  case MEMCACHED_SERVER_MARKED_DEAD:
-  case MEMCACHED_SERVER_TEMPORARILY_DISABLED:
-  case MEMCACHED_CONNECTION_FAILURE:
-  case MEMCACHED_HOST_LOOKUP_FAILURE:
-  case MEMCACHED_NO_SERVERS:
-    return 0;
-  default:
-    return 1;
-  }
-}
-
-static mm_status acquire_once(mm_memcached_store *s, mm_bytes key, mm_bytes token, uint32_t ttl,
+static mm_status acquire_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
                               mm_holder *holder) {
-  mm_status st = set_noreply(s, 1, key);
+  const char *doing = "store a lock";
+  char req[2 * MM_KEY_MAX + MM_TOKEN_MAX + 80];
+  int n = snprintf(req, sizeof req, "add %.*s 0 %u %zu noreply\r\n%.*s\r\ngets %.*s\r\n", (int) key.len, key.ptr,
+                   (unsigned) ttl, token.len, (int) token.len, token.ptr, (int) key.len, key.ptr);
+  s->base.maybe_applied = 1;
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
-  memcached_return_t rc = memcached_add(s->mc, key.ptr, key.len, token.ptr, token.len, (time_t) ttl, 0);
-  st = set_noreply(s, 0, key);
-  if (memcached_failed(rc) && rc != MEMCACHED_NOTSTORED && rc != MEMCACHED_DATA_EXISTS)
-    return fail(s, rc, key, "store a lock");
-  if (st != MM_OK) return st;
-
-  st = read_holder(s, key, holder);
-  if (st == MM_ABSENT) return acquire_confirmed(s, key, token, ttl, holder);
+  st = read_gets_reply(s, c, key, holder, doing);
+  if (st == MM_ABSENT) return acquire_confirmed(s, c, key, token, ttl, holder);
   if (st != MM_OK) return st;
   if (!holder_is(holder, token)) return MM_HELD;
-  if ((st = require_cas(s, holder)) != MM_OK) {
+  if ((st = require_cas(s, c, holder)) != MM_OK) {
     /* Ours, but not safely releasable later: give it back now (it is ours
-     * this instant; a plain delete is the best a CAS-less server allows). */
-    memcached_return_t rc = memcached_delete(s->mc, key.ptr, key.len, 0);
-    (void) rc; /* the CAS error is what the caller must see (require_cas
-                  has already renewed the epoch) */
+     * this instant; a plain delete is the best a CAS-less server allows).
+     * The CAS error is what the caller must see, whatever this does. */
+    char err[MM_ERROR_MAX];
+    memcpy(err, s->base.error, sizeof err);
+    if (conn_open(s, c, doing) == MM_OK) {
+      char del[MM_KEY_MAX + 16];
+      n = snprintf(del, sizeof del, "delete %.*s\r\n", (int) key.len, key.ptr);
+      static const char *const accepted[] = {"DELETED", "NOT_FOUND", NULL};
+      mm_status ignored;
+      if (send_all(s, c, del, (size_t) n, doing) == MM_OK) (void) read_status(s, c, doing, accepted, &ignored);
+    }
+    memcpy(s->base.error, err, sizeof err);
+    conn_close(c);
   }
   return st;
 }
@@ -253,128 +664,172 @@ static mm_status acquire_once(mm_memcached_store *s, mm_bytes key, mm_bytes toke
 /* Taking is idempotent (the token decides), so a retry is always safe. */
 static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_status st = acquire_once(s, key, token, ttl, holder);
-  if (worth_retrying(s, st)) st = acquire_once(s, key, token, ttl, holder);
+  mm_conn *c;
+  base->maybe_applied = 0;
+  mm_status st = begin(s, key, &c, "store a lock");
+  if (st == MM_OK) st = acquire_once(s, c, key, token, ttl, holder);
+  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "store a lock")) == MM_OK)
+    st = acquire_once(s, c, key, token, ttl, holder);
   return st;
 }
+
+/* ---- release, extend, read, force_release -------------------------------- */
 
 /* The long path: read the owner and the current CAS on this connection,
  * compare the token, then cas. A restart between that read and the cas
- * breaks the connection, so the pair is safe. */
-static mm_status release_checked(mm_memcached_store *s, mm_bytes key, mm_bytes token) {
+ * breaks the connection, so the pair is safe. `unknown`: an earlier cas of
+ * this release may have been applied - then "absent" means released. */
+static mm_status release_checked(mm_memcached_store *s, mm_bytes key, mm_bytes token, int unknown) {
+  const char *doing = "release a lock";
   mm_holder holder;
+  mm_conn *c = conn_for(s, key);
+  int retried = 0;
   for (int attempt = 0; attempt < MM_RELEASE_TRIES; attempt++) {
-    mm_status st = read_holder(s, key, &holder);
-    if (st != MM_OK) return st;
-    if (!holder_is(&holder, token)) return MM_HELD;
-    if ((st = require_cas(s, &holder)) != MM_OK) return st;
-    memcached_return_t rc =
-        memcached_cas(s->mc, key.ptr, key.len, token.ptr, token.len, MM_EXPIRE_NOW, 0, holder.version);
-    if (rc == MEMCACHED_SUCCESS) return MM_OK;
-    if (rc == MEMCACHED_NOTFOUND) return MM_ABSENT;
-    if (rc != MEMCACHED_DATA_EXISTS) return fail(s, rc, key, "release a lock");
-    /* changed since we read it (renewed meanwhile): look again */
+    mm_status st = conn_open(s, c, doing);
+    if (st == MM_OK) st = gets(s, c, key, &holder, doing);
+    if (st == MM_ABSENT) return unknown ? MM_OK : MM_ABSENT;
+    if (st == MM_OK) {
+      if (!holder_is(&holder, token)) return MM_HELD;
+      if ((st = require_cas(s, c, &holder)) != MM_OK) return st;
+      st = cas(s, c, key, token, MM_EXPIRE_NOW, holder.version, doing);
+      if (st == MM_OK) return MM_OK;
+      if (st == MM_ABSENT) return unknown ? MM_OK : MM_ABSENT;
+      if (st == MM_HELD) continue; /* changed since we read it (renewed meanwhile): look again */
+      if (st == MM_ERR_CONNECTION) unknown = 1;
+    }
+    if (st == MM_ERR_CONNECTION && s->retryable && !retried) {
+      retried = 1; /* once, on a fresh connection */
+      s->retryable = 0;
+      continue;
+    }
+    return st;
   }
-  return fail_msg(s, "the lock kept changing while being released");
+  conn_close(c);
+  snprintf(s->base.error, sizeof s->base.error, "memcached %s: the lock kept changing while being released",
+           c->label);
+  return MM_ERR_SERVER;
 }
 
-static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness) {
+static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness,
+                            int unknown) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  if (version == 0 || witness == 0 || witness != s->epoch) return release_checked(s, key, token);
+  mm_conn *c;
+  base->maybe_applied = unknown;
+  s->deadline = now_s() + s->io_timeout;
+  s->grace_until = 0;
+  s->retryable = 0;
+  c = conn_for(s, key);
+  if (version == 0 || witness == 0 || c->fd < 0 || witness != c->generation)
+    return release_checked(s, key, token, unknown);
 
-  /* The short path: `version` was read on this very connection, which has
-   * not failed since, so it is a CAS of this server process. */
-  memcached_return_t rc = memcached_cas(s->mc, key.ptr, key.len, token.ptr, token.len, MM_EXPIRE_NOW, 0, version);
-  if (rc == MEMCACHED_SUCCESS) return MM_OK;
-  if (rc == MEMCACHED_NOTFOUND) return MM_ABSENT; /* expired: nobody holds it */
-  if (rc == MEMCACHED_DATA_EXISTS) return release_checked(s, key, token); /* renewed, or taken over */
-  mm_status st = fail(s, rc, key, "release a lock");
-  /* The connection failed (a restarted server: the cas went to a socket
-   * nobody reads, and libmemcached has already reconnected). Ask the server
-   * on a fresh connection - unless it merely timed out, which a second
-   * request would only repeat. */
-  if (st == MM_ERR_CONNECTION && s->last_rc != MEMCACHED_TIMEOUT) return release_checked(s, key, token);
+  /* The short path: `version` was read on this very connection, still open,
+   * so it is a CAS of this server process. */
+  mm_status st = cas(s, c, key, token, MM_EXPIRE_NOW, version, "release a lock");
+  if (st == MM_OK) return MM_OK;
+  if (st == MM_ABSENT) return unknown ? MM_OK : MM_ABSENT; /* expired: nobody holds it */
+  if (st == MM_HELD) return release_checked(s, key, token, unknown); /* renewed, or taken over */
+  /* The connection broke with the cas sent (a restarted server, or a reply
+   * lost with the connection): ask again on a fresh connection - unless it
+   * merely timed out, which a second request would only repeat. */
+  if (st == MM_ERR_CONNECTION && s->retryable) return release_checked(s, key, token, 1);
   return st;
 }
 
-static mm_status mc_extend(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version) {
-  mm_memcached_store *s = (mm_memcached_store *) base;
+static mm_status extend_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl) {
+  const char *doing = "extend a lock";
   mm_holder holder;
   for (int attempt = 0; attempt < MM_RELEASE_TRIES; attempt++) {
-    mm_status st = read_holder(s, key, &holder);
+    mm_status st = gets(s, c, key, &holder, doing);
     if (st != MM_OK) return st;
     if (!holder_is(&holder, token)) return MM_HELD;
-    if ((st = require_cas(s, &holder)) != MM_OK) return st;
-    memcached_return_t rc =
-        memcached_cas(s->mc, key.ptr, key.len, token.ptr, token.len, (time_t) ttl, 0, holder.version);
-    if (rc == MEMCACHED_SUCCESS) {
-      *version = 0; /* the new CAS is not returned by a cas: release re-reads */
-      return MM_OK;
-    }
-    if (rc == MEMCACHED_NOTFOUND) return MM_ABSENT;
-    if (rc != MEMCACHED_DATA_EXISTS) return fail(s, rc, key, "extend a lock");
+    if ((st = require_cas(s, c, &holder)) != MM_OK) return st;
+    st = cas(s, c, key, token, (unsigned long) ttl, holder.version, doing);
+    if (st != MM_HELD) return st; /* MM_HELD: changed since we read it: look again */
   }
-  return fail_msg(s, "the lock kept changing while being extended");
+  conn_close(c);
+  snprintf(s->base.error, sizeof s->base.error, "memcached %s: the lock kept changing while being extended",
+           c->label);
+  return MM_ERR_SERVER;
+}
+
+/* Extending is idempotent (owner-checked each time): a retry is safe. */
+static mm_status mc_extend(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version) {
+  mm_memcached_store *s = (mm_memcached_store *) base;
+  mm_conn *c;
+  base->maybe_applied = 0;
+  *version = 0; /* the new CAS is not returned by a cas: release re-reads */
+  mm_status st = begin(s, key, &c, "extend a lock");
+  if (st == MM_OK) st = extend_once(s, c, key, token, ttl);
+  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "extend a lock")) == MM_OK)
+    st = extend_once(s, c, key, token, ttl);
+  return st;
 }
 
 static mm_status mc_read(mm_store *base, mm_bytes key, mm_holder *holder) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_status st = read_holder(s, key, holder);
-  if (worth_retrying(s, st)) st = read_holder(s, key, holder);
+  mm_conn *c;
+  base->maybe_applied = 0;
+  mm_status st = begin(s, key, &c, "read a lock");
+  if (st == MM_OK) st = gets(s, c, key, holder, "read a lock");
+  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "read a lock")) == MM_OK)
+    st = gets(s, c, key, holder, "read a lock");
   return st;
+}
+
+static mm_status force_once(mm_memcached_store *s, mm_conn *c, mm_bytes key) {
+  const char *doing = "remove a lock";
+  char req[MM_KEY_MAX + 16];
+  int n = snprintf(req, sizeof req, "delete %.*s\r\n", (int) key.len, key.ptr);
+  s->base.maybe_applied = 1;
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  static const char *const accepted[] = {"DELETED", "NOT_FOUND", NULL};
+  int r = read_status(s, c, doing, accepted, &st);
+  return r == 0 ? MM_OK : r == 1 ? MM_ABSENT : st;
 }
 
 static mm_status mc_force_release(mm_store *base, mm_bytes key) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  memcached_return_t rc = memcached_delete(s->mc, key.ptr, key.len, 0);
-  if (rc == MEMCACHED_SUCCESS || rc == MEMCACHED_DELETED) return MM_OK;
-  if (rc == MEMCACHED_NOTFOUND) return MM_ABSENT;
-  return fail(s, rc, key, "remove a lock");
+  mm_conn *c;
+  base->maybe_applied = 0;
+  mm_status st = begin(s, key, &c, "remove a lock");
+  if (st == MM_OK) st = force_once(s, c, key);
+  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "remove a lock")) == MM_OK) {
+    st = force_once(s, c, key);
+    if (st == MM_ABSENT) st = MM_OK; /* the first delete may have removed it */
+  }
+  return st;
 }
 
 static mm_status mc_locate(mm_store *base, mm_bytes key, char *host, size_t hostlen, unsigned *port) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  memcached_return_t rc = MEMCACHED_SUCCESS;
-  const memcached_instance_st *server = memcached_server_by_key(s->mc, key.ptr, key.len, &rc);
-  if (server == NULL || memcached_failed(rc)) return fail(s, rc, key, "find the server of a lock");
-  snprintf(host, hostlen, "%s", memcached_server_name(server));
-  *port = memcached_server_type(server) != NULL && strcmp(memcached_server_type(server), "SOCKET") == 0
-              ? 0
-              : (unsigned) memcached_server_port(server);
+  mm_conn *c = conn_for(s, key);
+  snprintf(host, hostlen, "%s", c->host);
+  *port = c->port;
   return MM_OK;
 }
 
+static void free_conns(mm_memcached_store *s) {
+  for (size_t i = 0; i < s->nconns; i++) free(s->conns[i].host);
+  free(s->conns);
+  s->conns = NULL;
+  s->nconns = 0;
+}
+
+/* Closes the sockets without a "quit": the server notices the close. */
 static void mc_destroy(mm_store *base) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  memcached_result_free(&s->result);
+  for (size_t i = 0; i < s->nconns; i++) conn_close(&s->conns[i]);
+  free_conns(s);
   memcached_free(s->mc);
   free(s);
 }
 
-/* Handles abandoned in forked children: kept reachable, never freed. */
-static memcached_st **abandoned;
-static size_t abandoned_count, abandoned_cap;
-
-/* In a forked child: the sockets belong to the parent too. memcached_free
- * would send "quit" and shutdown() them, breaking the parent's connection,
- * so the handle is deliberately left alone (a small, one-off cost per fork)
- * and kept on a list. The result buffer needs no I/O to free. Called with
- * the GVL (from GC or close), so the list needs no lock. */
-static void mc_abandon(mm_store *base) {
-  mm_memcached_store *s = (mm_memcached_store *) base;
-  memcached_result_free(&s->result);
-  if (abandoned_count == abandoned_cap) {
-    size_t cap = abandoned_cap ? abandoned_cap * 2 : 8;
-    memcached_st **grown = realloc(abandoned, cap * sizeof *grown);
-    if (grown != NULL) {
-      abandoned = grown;
-      abandoned_cap = cap;
-    }
-  }
-  if (abandoned_count < abandoned_cap) abandoned[abandoned_count++] = s->mc;
-  s->mc = NULL;
-  free(s);
-}
+/* In a forked child: the sockets are the parent's too. close() only drops
+ * the child's reference (no shutdown, nothing sent), so the parent's
+ * connections are untouched. memcached_free does no I/O here: libmemcached
+ * never opened a connection of this handle. */
+static void mc_abandon(mm_store *base) { mc_destroy(base); }
 
 static const mm_store_ops memcached_ops = {
     "memcached", mc_acquire, mc_release, mc_extend,  mc_read,
@@ -402,23 +857,17 @@ mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf,
     snprintf(errbuf, errlen, "memcached_create failed");
     return NULL;
   }
-  if (memcached_result_create(mc, &s->result) == NULL) {
-    snprintf(errbuf, errlen, "memcached_result_create failed");
-    memcached_free(mc);
-    free(s);
-    return NULL;
-  }
 
   /* One server per key, by ketama; a failing server is never ejected, or its
    * locks would move to another server and be granted twice. */
   SET_BEHAVIOR(MEMCACHED_BEHAVIOR_DISTRIBUTION, MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA);
   SET_BEHAVIOR(MEMCACHED_BEHAVIOR_REMOVE_FAILED_SERVERS, 0);
-  SET_BEHAVIOR(MEMCACHED_BEHAVIOR_SUPPORT_CAS, 1);
-  SET_BEHAVIOR(MEMCACHED_BEHAVIOR_TCP_NODELAY, 1);
-  SET_BEHAVIOR(MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, opts->connect_timeout_ms);
-  SET_BEHAVIOR(MEMCACHED_BEHAVIOR_POLL_TIMEOUT, opts->io_timeout_ms);
-  SET_BEHAVIOR(MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, opts->retry_timeout_s);
 
+  s->conns = calloc(opts->server_count, sizeof *s->conns);
+  if (s->conns == NULL) {
+    snprintf(errbuf, errlen, "out of memory");
+    goto error;
+  }
   for (size_t i = 0; i < opts->server_count; i++) {
     const mm_server_addr *a = &opts->servers[i];
     memcached_return_t rc = a->port == 0 ? memcached_server_add_unix_socket(mc, a->host)
@@ -428,15 +877,44 @@ mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf,
                memcached_strerror(mc, rc));
       goto error;
     }
+    mm_conn *c = &s->conns[s->nconns];
+    c->host = strdup(a->host);
+    if (c->host == NULL) {
+      snprintf(errbuf, errlen, "out of memory");
+      goto error;
+    }
+    s->nconns++;
+    c->port = a->port;
+    c->fd = -1;
+    if (a->port == 0) snprintf(c->label, sizeof c->label, "%s", a->host);
+    else if (strchr(a->host, ':') != NULL) snprintf(c->label, sizeof c->label, "[%s]:%u", a->host, a->port);
+    else snprintf(c->label, sizeof c->label, "%s:%u", a->host, a->port);
+  }
+  /* conns[i] must be the continuum's server i. */
+  if (memcached_server_count(mc) != s->nconns) {
+    snprintf(errbuf, errlen, "libmemcached lists %u servers, not %zu", memcached_server_count(mc), s->nconns);
+    goto error;
+  }
+  for (size_t i = 0; i < s->nconns; i++) {
+    const memcached_instance_st *in = memcached_server_instance_by_position(mc, (uint32_t) i);
+    if (in == NULL || strcmp(memcached_server_name(in), s->conns[i].host) != 0 ||
+        (s->conns[i].port != 0 && memcached_server_port(in) != s->conns[i].port)) {
+      snprintf(errbuf, errlen, "libmemcached reordered the server list");
+      goto error;
+    }
   }
 
   s->base.ops = &memcached_ops;
+  s->base.cancel_fd = -1;
+  s->base.cancelled = NULL;
   s->mc = mc;
-  s->epoch = next_epoch();
+  s->connect_timeout = opts->connect_timeout_ms / 1000.0;
+  s->io_timeout = opts->io_timeout_ms / 1000.0;
+  s->retry_timeout = opts->retry_timeout_s;
   return &s->base;
 
 error:
-  memcached_result_free(&s->result);
+  free_conns(s);
   memcached_free(mc);
   free(s);
   return NULL;

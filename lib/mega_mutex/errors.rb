@@ -48,10 +48,16 @@ module MegaMutex
     end
   end
 
-  # memcached could not be reached, timed out, or failed mid-request.
+  # memcached could not be reached (the message names the server and the
+  # cause: "Connection refused", "No such file or directory" for a missing
+  # unix socket, ...), did not answer a request within io_timeout, or closed
+  # the connection mid-request. A take or release that fails this way may
+  # still have been applied: its outcome is unknown, never "not done".
   class ConnectionError < Error; end
 
-  # memcached answered but refused: out of memory, CAS disabled (-C), or an
-  # unexpected reply.
+  # memcached answered, but with an error or a reply that is not the one the
+  # request allows: SERVER_ERROR (out of memory, ...), CLIENT_ERROR, ERROR,
+  # CAS disabled (-C), or a malformed or unexpected reply (the connection is
+  # then closed). Never read as "nobody holds the lock".
   class ServerError < Error; end
 end
