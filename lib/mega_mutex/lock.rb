@@ -200,7 +200,6 @@ module MegaMutex
       timeout = Configuration.timeout_value(timeout, :timeout)
       return true if acquire(timeout)
 
-      log(:debug) { "timed out after #{timeout}s waiting for #{@key} (held by #{@last_holder || 'unknown'})" }
       if Instrumentation.listening?(Instrumentation::TIMEOUT)
         Instrumentation.instrument(Instrumentation::TIMEOUT,
                                    { id: @id, key: @key, timeout: timeout, holder: @last_holder }, @config.logger)
@@ -232,7 +231,6 @@ module MegaMutex
 
         Lock.holds(hold.thread).delete(hold.key)
         Renewer.current.remove(hold)
-        log(:debug) { "unlocking #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms" }
         released = begin
           hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
         rescue ConnectionError, ServerError
@@ -242,7 +240,10 @@ module MegaMutex
           raise
         end
         if released
-          log(:debug) { "released #{hold.key} (lock_id: #{hold.token})" }
+          log(:debug) do
+            "released #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms " \
+              "after waiting #{(hold.waited * 1000).round(1)} ms (#{hold.attempts} attempt#{'s' unless hold.attempts == 1})"
+          end
         else
           hold.lose!("it was gone or held by someone else at release (expired, evicted, flushed or server restarted)")
         end
@@ -368,13 +369,11 @@ module MegaMutex
       holds = Lock.holds
       if (hold = holds[@key])
         Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
-        log(:debug) { "reentered #{@key} (lock_id: #{hold.token})" }
         return true
       end
 
       hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
       @taking = hold # undone by _undo_take if an interrupt lands before it is registered
-      log(:debug) { "attempting to lock #{@key} (lock_id: #{hold.token})" }
       begin
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
         # Ctrl-C end the wait unless the caller deferred them. C sets
@@ -393,14 +392,16 @@ module MegaMutex
       Thread.handle_interrupt(DEFER) { register(holds, hold) } if taken
       @taking = nil
       if taken
-        log(:debug) { "locked #{@key} (lock_id: #{hold.token}) after #{hold.attempts} attempt(s), #{(hold.waited * 1000).round(1)} ms" }
         if Instrumentation.listening?(Instrumentation::ACQUIRE)
           Instrumentation.instrument(Instrumentation::ACQUIRE,
                                      { id: @id, key: @key, wait: hold.waited, attempts: hold.attempts }, @config.logger)
         end
       else
         @last_holder = hold.holder
-        log(:debug) { "could not lock #{@key} (lock_id: #{hold.token}) in #{hold.attempts} attempt(s): held by #{@last_holder || 'unknown'}" }
+        log(:debug) do
+          "could not lock #{@key} within #{timeout}s (#{hold.attempts} attempt#{'s' unless hold.attempts == 1}): " \
+            "held by #{@last_holder || 'unknown'}"
+        end
       end
       taken
     end
