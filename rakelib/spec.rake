@@ -30,7 +30,6 @@ module SpecTasks
     spec/memory_backend_spec.rb
     spec/round_trips_spec.rb
     spec/interrupts_spec.rb
-    spec/lock_interrupts_spec.rb
     spec/threads_spec.rb
   ].freeze
 end

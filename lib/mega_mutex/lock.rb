@@ -65,6 +65,9 @@ module MegaMutex
       attr_accessor :valid_until
       # @return [Renewer::Lane, nil] the Ruby renewer's lane for its server (memory backend)
       attr_accessor :lane
+      # @return [Boolean, nil] true when a take was cut short after its add was
+      #   sent: the lock may be ours (set by the extension)
+      attr_reader :outcome_unknown
       # @return [Array(String, Integer), nil] the server that keeps the key (memcached)
       attr_accessor :server
       # @return [Native::Lease, nil] its lease in the C renewer (memcached)
@@ -92,6 +95,7 @@ module MegaMutex
         @lane = nil
         @server = nil
         @lease = nil
+        @outcome_unknown = nil
         @lost_reason = nil
       end
 
@@ -352,6 +356,8 @@ module MegaMutex
         unlock
       elsif taking&.version && !Lock.holds(taking.thread)[taking.key].equal?(taking)
         release_unregistered(taking)
+      elsif taking&.outcome_unknown
+        Renewer.current.release_later(taking) # the add went out: it may have landed
       end
     rescue Error => e
       log(:warn) { "could not release #{@key} after an interrupted take: #{e.message}" }
@@ -384,8 +390,8 @@ module MegaMutex
           # A memcached lease is renewed by the C renewer's lane for its server.
           hold.server = client._server_for(@key) if granted && !@memory
         end
-      rescue ConnectionError
-        Renewer.current.release_later(hold) # its add may still land
+      rescue ConnectionError, ServerError
+        Renewer.current.release_later(hold) # its add may have landed, or still land
         raise
       end
       taken = !hold.version.nil?

@@ -12,8 +12,7 @@
 # deferred - so this is what a Timeout or Ctrl-C arriving at that moment
 # would do. An interrupt delivered after the call returned finds the caller
 # holding the lock it was given (its own ensure gives it back), as with
-# Ruby's Mutex; so does one delivered at the call's own return instruction,
-# after its last step (Ruby checks for interrupts on every method return).
+# Ruby's Mutex.
 #
 # Include InterruptPoints in an example group:
 #
@@ -68,7 +67,6 @@ module InterruptPoints
     main = Thread.current
     count = 0
     fired = false
-    at_return = false
     trace = TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
       next unless Thread.current == main && tp.path&.start_with?(LIB)
 
@@ -76,7 +74,6 @@ module InterruptPoints
       next unless count == k
 
       fired = true
-      at_return = tp.event == :return && tp.method_id == kind
       @interrupt_point = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
       interrupter.interrupt_now
     end
@@ -95,10 +92,10 @@ module InterruptPoints
     ensure
       trace.disable
     end
-    # An interrupt at the call's own return instruction (where Ruby checks
-    # for interrupts on every method return) comes after the call's last
-    # step: it is the caller's, like one delivered a moment later.
-    inside = fired && !returned && !at_return
+    # Lock#lock and #try_lock are entered through C (lock_entry.c), which
+    # returns without an interrupt check: an interrupt either comes out of
+    # the call with nothing held, or is delivered after `returned = true`.
+    inside = fired && !returned
     leaked = inside && lock.owned?
     lock.unlock while lock.owned?
     [fired, inside, leaked]
