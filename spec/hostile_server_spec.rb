@@ -48,6 +48,15 @@ RSpec.describe "hostile servers" do
       client&.close
     end
 
+    it "mega_mutex status reports the error (exit 69), not \"free\"" do
+      out, err, status = Open3.capture3({ "MEMCACHE_SERVERS" => fake.address }, RbConfig.ruby,
+                                        "-I", File.join(SpecHelpers::ROOT, "lib"),
+                                        File.join(SpecHelpers::ROOT, "exe", "mega_mutex"), "status", "x")
+      expect(status.exitstatus).to eq(69)
+      expect(err).to match(/#{fake.port}.*SERVER_ERROR out of memory writing get response/)
+      expect(out).not_to match(/free/)
+    end
+
     it "refuses to take a lock it cannot read back, and runs no block" do
       ran = false
       # (It used to spin: the lock read back "absent" after every add.)
@@ -147,7 +156,7 @@ RSpec.describe "hostile servers" do
     let(:fake) { FakeMemcached.new.start }
     after { fake.stop }
 
-    MALFORMED = {
+    malformed = {
       "a negative length" => ->(k) { "VALUE #{k} 0 -1 5\r\nabcde\r\nEND\r\n" },
       "a length beyond 64 bits" => ->(k) { "VALUE #{k} 0 99999999999999999999999 5\r\nabcde\r\nEND\r\n" },
       "a length longer than the data" => ->(k) { "VALUE #{k} 0 9 5\r\nabc\r\nEND\r\n" },
@@ -161,7 +170,7 @@ RSpec.describe "hostile servers" do
       "a line without end" => ->(_) { "VALUE #{'x' * 5000}" }
     }.freeze
 
-    MALFORMED.each do |what, reply|
+    malformed.each do |what, reply|
       it "#{what}: ServerError naming the server, and the next call works" do
         fake.on("gets", times: 1) { |cmd| cmd.reply(reply.call(cmd.key)) }
         client = client_for(fake.address)
