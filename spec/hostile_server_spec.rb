@@ -42,7 +42,9 @@ RSpec.describe "hostile servers" do
       expect { client._read(key) }.to raise_error(MegaMutex::ServerError, /#{fake.port}/)
       expect { client._extend(key, "tok", 5) }.to raise_error(MegaMutex::ServerError)
       expect { client._release(key, "tok", nil) }.to raise_error(MegaMutex::ServerError)
-      expect { client._acquire(Object.new, key, "tok", 5, 0, 0.01, 0.01) }.to raise_error(MegaMutex::ServerError)
+      state = Object.new
+      expect { client._acquire(state, key, "tok", 5, 0, 0.01, 0.01) }.to raise_error(MegaMutex::ServerError)
+      expect(state.instance_variable_get(:@outcome_unknown)).to be(true) # its add was sent
       expect(fake.value(key)).to eq("someone-else")
     ensure
       client&.close
