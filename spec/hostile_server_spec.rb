@@ -42,10 +42,21 @@ RSpec.describe "hostile servers" do
       expect { client._read(key) }.to raise_error(MegaMutex::ServerError, /#{fake.port}/)
       expect { client._extend(key, "tok", 5) }.to raise_error(MegaMutex::ServerError)
       expect { client._release(key, "tok", nil) }.to raise_error(MegaMutex::ServerError)
-      expect { client._acquire(Object.new, key, "tok", 5, 0, 0.01, 0.01) }.to raise_error(MegaMutex::ServerError)
+      state = Object.new
+      expect { client._acquire(state, key, "tok", 5, 0, 0.01, 0.01) }.to raise_error(MegaMutex::ServerError)
+      expect(state.instance_variable_get(:@outcome_unknown)).to be(true) # its add was sent
       expect(fake.value(key)).to eq("someone-else")
     ensure
       client&.close
+    end
+
+    it "mega_mutex status reports the error (exit 69), not \"free\"" do
+      out, err, status = Open3.capture3({ "MEMCACHE_SERVERS" => fake.address }, RbConfig.ruby,
+                                        "-I", File.join(SpecHelpers::ROOT, "lib"),
+                                        File.join(SpecHelpers::ROOT, "exe", "mega_mutex"), "status", "x")
+      expect(status.exitstatus).to eq(69)
+      expect(err).to match(/#{fake.port}.*SERVER_ERROR out of memory writing get response/)
+      expect(out).not_to match(/free/)
     end
 
     it "refuses to take a lock it cannot read back, and runs no block" do
@@ -147,7 +158,7 @@ RSpec.describe "hostile servers" do
     let(:fake) { FakeMemcached.new.start }
     after { fake.stop }
 
-    MALFORMED = {
+    malformed = {
       "a negative length" => ->(k) { "VALUE #{k} 0 -1 5\r\nabcde\r\nEND\r\n" },
       "a length beyond 64 bits" => ->(k) { "VALUE #{k} 0 99999999999999999999999 5\r\nabcde\r\nEND\r\n" },
       "a length longer than the data" => ->(k) { "VALUE #{k} 0 9 5\r\nabc\r\nEND\r\n" },
@@ -161,7 +172,7 @@ RSpec.describe "hostile servers" do
       "a line without end" => ->(_) { "VALUE #{'x' * 5000}" }
     }.freeze
 
-    MALFORMED.each do |what, reply|
+    malformed.each do |what, reply|
       it "#{what}: ServerError naming the server, and the next call works" do
         fake.on("gets", times: 1) { |cmd| cmd.reply(reply.call(cmd.key)) }
         client = client_for(fake.address)

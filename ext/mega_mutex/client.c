@@ -238,10 +238,11 @@ static void *acquire_nogvl(void *p) {
  * thread, so an `ensure` that checks it always releases what was taken.
  * false: timed out; state's @holder names the holder seen last.
  * @attempts and @waited are set in both cases.
- * When an interrupt (Thread#raise, Timeout, a signal) ends a take after its
- * add was written, state's @outcome_unknown is set to true before the
- * interrupt is raised: the lock may be ours, and whoever raised must have
- * it cleaned up (as for a ConnectionError).
+ * When an error (ConnectionError, ServerError) or an interrupt
+ * (Thread#raise, Timeout, a signal) ends a take after its add was written,
+ * state's @outcome_unknown is set to true before anything is raised: the
+ * lock may be ours although @version is nil, and the caller must have it
+ * cleaned up (Renewer#release_later).
  */
 static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VALUE ttl, VALUE timeout,
                             VALUE bmin, VALUE bmax) {
@@ -298,6 +299,8 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
                 a.holder.token_len ? rb_str_new(a.holder.token, (long) a.holder.token_len) : Qnil);
     return Qfalse;
   default:
+    /* The add may have landed although the reply was an error. */
+    if (c->store->maybe_applied) rb_ivar_set(state, id_iv_outcome_unknown, Qtrue);
     raise_store_error(c->store, a.status);
     return Qnil; /* not reached */
   }

@@ -17,6 +17,7 @@ RSpec.shared_examples "contract: bad input" do
       bad_ids.each do |id|
         calls = {
           "with_distributed_mutex" => -> { MegaMutex.with_distributed_mutex(id) { raise "the block ran for #{id.inspect}" } },
+          "with_distributed_mutex_if_free" => -> { MegaMutex.with_distributed_mutex_if_free(id) { raise "the block ran for #{id.inspect}" } },
           "Lock.new" => -> { MegaMutex::Lock.new(id) },
           "get_current_lock" => -> { MegaMutex.get_current_lock(id) }
         }
@@ -32,6 +33,7 @@ RSpec.shared_examples "contract: bad input" do
       bad_timeouts.each do |timeout|
         calls = {
           "with_distributed_mutex" => -> { MegaMutex.with_distributed_mutex("t", timeout: timeout) { raise "the block ran" } },
+          "with_distributed_mutex_if_free" => -> { MegaMutex.with_distributed_mutex_if_free("t", timeout: timeout) { raise "the block ran" } },
           "with_distributed_mutex (positional Hash)" => -> { MegaMutex.with_distributed_mutex("t", { timeout: timeout }) { raise "the block ran" } },
           "Lock.new" => -> { MegaMutex::Lock.new("t", timeout: timeout) },
           "Lock#lock" => -> { lock.lock(timeout: timeout) },
@@ -51,6 +53,8 @@ RSpec.shared_examples "contract: bad input" do
         expect { MegaMutex.with_distributed_mutex("t", ttl: ttl) { raise "the block ran" } }
           .to raise_error(ArgumentError, /ttl/), "with_distributed_mutex with ttl #{ttl.inspect}"
         expect { MegaMutex::Lock.new("t", ttl: ttl) }.to raise_error(ArgumentError, /ttl/), "Lock.new with ttl #{ttl.inspect}"
+        expect { MegaMutex.with_distributed_mutex_if_free("t", ttl: ttl) { raise "the block ran" } }
+          .to raise_error(ArgumentError, /ttl/), "with_distributed_mutex_if_free with ttl #{ttl.inspect}"
         expect { backend.use(lock_ttl: ttl) }.to raise_error(ArgumentError, /lock_ttl/), "config.lock_ttl = #{ttl.inspect}"
       end
       expect(MegaMutex.get_current_lock("t")).to be_nil
@@ -61,6 +65,8 @@ RSpec.shared_examples "contract: bad input" do
       expect { MegaMutex.with_distributed_mutex("t", tiemout: 1) { 1 } }.to raise_error(ArgumentError, /:tiemout/)
       expect { MegaMutex.with_distributed_mutex("t", 5) { 1 } }.to raise_error(ArgumentError, /options must be a Hash/)
       expect { MegaMutex.with_distributed_mutex("t") }.to raise_error(ArgumentError, /block/)
+      expect { MegaMutex.with_distributed_mutex_if_free("t") }.to raise_error(ArgumentError, /block/)
+      expect { MegaMutex.with_distributed_mutex_if_free("t", tiemout: 1) { 1 } }.to raise_error(ArgumentError, /:tiemout/)
       expect { MegaMutex::Lock.new("t").synchronize }.to raise_error(ArgumentError, /block/)
       expect(MegaMutex.get_current_lock("t")).to be_nil
       nothing_taken

@@ -61,7 +61,8 @@ RSpec.shared_examples "contract: timeouts" do
         Thread.new { MegaMutex.with_distributed_mutex("busy", timeout: nil) { :explicit_nil } }
       ]
       wait_for(message: "the waiters to wait") { waiters.all? { |w| w.status == "sleep" } }
-      expect(waiters.map { |w| w.join(0.3) }).to eq([nil, nil, nil]) # still waiting, nobody gave up
+      expect(waiters.first.join(0.3)).to be_nil
+      expect(waiters).to all(be_alive) # still waiting, nobody gave up
       holder.release
       expect(waiters.map { |w| value_of(w, within: 30) }).to eq(%i[block_form lock_object explicit_nil])
       expect(MegaMutex.get_current_lock("busy")).to be_nil
@@ -74,6 +75,39 @@ RSpec.shared_examples "contract: timeouts" do
       expect(waiter.join(0.3)).to be_nil
       holder.release
       expect(value_of(waiter, within: 30)).to eq(:explicit_nil)
+    end
+
+    describe "skip if busy (with_distributed_mutex_if_free)" do
+      it "returns false without running the block while another thread holds the id, and leaves the holder alone" do
+        ran = false
+        expect(MegaMutex.with_distributed_mutex_if_free("busy") { ran = true }).to be(false)
+        expect(ran).to be(false)
+        expect(MegaMutex.get_current_lock("busy")).to eq(holder.token)
+        expect(MegaMutex::Lock.holds).to be_empty
+      end
+
+      it "runs the block and returns true when the id is free, in a thread that already holds it, or once freed within its timeout" do
+        expect(MegaMutex.with_distributed_mutex_if_free("free") { |lock| lock.owned? }).to be(true)
+        expect(MegaMutex.get_current_lock("free")).to be_nil
+        expect(MegaMutex.with_distributed_mutex("mine") { MegaMutex.with_distributed_mutex_if_free("mine") { :nested } }).to be(true)
+        waiter = Thread.new { MegaMutex.with_distributed_mutex_if_free("busy", timeout: 30) { :ran } }
+        wait_for(message: "the waiter to wait") { waiter.status == "sleep" }
+        holder.release
+        expect(value_of(waiter, within: 30)).to be(true)
+      end
+
+      it "with a timeout n, waits at least n seconds before saying false" do
+        started = monotonic
+        expect(MegaMutex.with_distributed_mutex_if_free("busy", timeout: 0.2) { :never }).to be(false)
+        expect(monotonic - started).to be >= 0.2
+      end
+
+      it "lets a TimeoutError raised inside the block (by another lock) through, and releases" do
+        expect do
+          MegaMutex.with_distributed_mutex_if_free("outer") { MegaMutex.with_distributed_mutex("busy", timeout: 0) { :never } }
+        end.to raise_error(MegaMutex::TimeoutError, "Failed to obtain a lock within 0 seconds.")
+        expect(MegaMutex.get_current_lock("outer")).to be_nil
+      end
     end
   end
 end
