@@ -91,7 +91,6 @@ RSpec.describe MegaMutex::Pool do
   end
 
   it "closes the eventfd of a client it does not keep" do
-    pending "ext/mega_mutex/client.c: Client#close must destroy the waker (its eventfd), not only the store"
     left = after_bursts
     expect(left["eventfds"]).to be <= described_class::MAX_IDLE - 1, left.inspect
   end

@@ -445,6 +445,7 @@ static VALUE client_server_for(VALUE self, VALUE key) {
 static VALUE client_close(VALUE self) {
   mm_client *c = client_take(self);
   client_close_store(c);
+  mm_waker_destroy(&c->waker); /* its eventfd too, not only the sockets (a closed client is never used again) */
   client_give_back(c);
   return Qnil;
 }
