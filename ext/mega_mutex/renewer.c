@@ -55,6 +55,9 @@ struct mm_lane {
   mm_lease **leases;
   size_t count, capacity;
   double wake_at;  /* when the sleeping thread wakes by itself (INFINITY: only if signalled; 0: awake) */
+  mm_lease **work[3]; /* the lane thread's: due, lost, dropped (here, not on its stack, so that a
+                         forked child, which has no such thread, still reaches them) */
+  size_t work_cap;
   mm_store *store; /* the lane thread's alone */
 };
 
@@ -286,12 +289,11 @@ static int grow_arrays(mm_lease ***arrays, size_t narrays, size_t *cap, size_t w
 static void *lane_main(void *arg) {
   mm_lane *lane = arg;
   pthread_setname_np(pthread_self(), "mm renewer"); /* as `ps -L` and /proc show it */
-  mm_lease *(*arrays[3]) = {NULL, NULL, NULL}; /* due, lost, dropped */
-  size_t cap = 0;
+  mm_lease ***arrays = lane->work;
   pthread_mutex_lock(&lane->mutex);
   for (;;) {
     double now = mm_monotonic();
-    if (!grow_arrays(arrays, 3, &cap, lane->capacity)) { /* out of memory: look again shortly */
+    if (!grow_arrays(arrays, 3, &lane->work_cap, lane->capacity)) { /* out of memory: look again shortly */
       struct timespec ts;
       timespec_at(now + RETRY_SECONDS, &ts);
       pthread_cond_timedwait(&lane->wakeup, &lane->mutex, &ts);
