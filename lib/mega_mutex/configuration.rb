@@ -1,14 +1,16 @@
 # frozen_string_literal: true
 
-require "ipaddr"
-
 module MegaMutex
-  # The :memory backend's store, loaded on first use (see {Configuration#backend=}).
-  autoload :MemoryStore, File.expand_path("memory_store", __dir__)
-
   # The settings MegaMutex runs with. Every setter validates its value at
   # once and raises ArgumentError naming the setting, so a bad setting fails
   # inside MegaMutex.configure, not at the first lock.
+  #
+  # This file holds what every backend shares: the lock's own settings, the
+  # validation helpers and the choice of backend. Each backend's own settings
+  # and rules live in a file of their own, lib/mega_mutex/configuration/NAME.rb
+  # (memcached.rb: memcache_servers; memory.rb), which reopens this class and
+  # registers its hooks with {.store_settings}. A new backend is one more
+  # name in {BACKENDS} and one more file.
   #
   # @example
   #   MegaMutex.configure do |config|
@@ -17,23 +19,17 @@ module MegaMutex
   #     config.lock_ttl = 30
   #   end
   class Configuration
-    # memcached's default port.
-    DEFAULT_PORT = 11_211
-    # Most servers one configuration may list (the C client's MM_MAX_SERVERS).
-    MAX_SERVERS = 64
-    # Longest host name: what DNS allows (253 characters; libmemcached itself
-    # would take 1,024 and fail at the first lock).
-    MAX_HOST = 253
-    # Longest unix socket path, in bytes: sockaddr_un's 108-byte sun_path
-    # less its NUL (libmemcached fails at connect beyond it).
-    MAX_SOCKET_PATH = 107
     # Longest lease: memcached reads expiries above 30 days as dates, and
-    # 2 s are added on the wire.
+    # 2 s are added on the wire. Every backend takes the same range, so a
+    # configuration means the same thing whichever backend runs it.
     MAX_TTL = 2_592_000 - 2
-    # The lock stores {#backend=} accepts.
+    # The lock stores {#backend=} accepts; each one's settings are in
+    # lib/mega_mutex/configuration/NAME.rb.
     BACKENDS = %i[memcached memory].freeze
 
-    # Every setting but memcache_servers, and its default value.
+    # Every setting this file defines, and its default value (a backend's
+    # own settings get theirs from its file; memcache_servers from the
+    # environment).
     DEFAULTS = {
       backend: :memcached,
       namespace: "mega_mutex",
@@ -47,18 +43,44 @@ module MegaMutex
       logger: nil
     }.freeze
 
-    # @return [Array<String>] the servers in canonical form, "host:port", "[v6addr]:port" or a
-    #   socket path (see {.parse_server}), in the order given
-    attr_reader :memcache_servers
+    # What a backend's settings file asks of the core, each a private method
+    # of Configuration (or nil): `defaults` sets the backend's settings to
+    # their defaults (from {#initialize}, for every backend, chosen or not);
+    # `selected` runs when {#backend=} chooses the backend; `validate` checks
+    # its settings against each other (from {#validate!}, only when it is the
+    # backend).
+    # @api private
+    StoreSettings = Struct.new(:defaults, :selected, :validate, keyword_init: true)
+
+    @stores = {}
+
+    class << self
+      # Registers a backend's hooks (see {StoreSettings}); called once by
+      # each file under lib/mega_mutex/configuration/.
+      # @api private
+      # @param name [Symbol] one of {BACKENDS}
+      # @param hooks [Hash{Symbol => Symbol, nil}] :defaults, :selected, :validate
+      # @return [StoreSettings]
+      def store_settings(name, **hooks)
+        raise ArgumentError, "#{name.inspect} is not one of #{BACKENDS.inspect}" unless BACKENDS.include?(name)
+
+        @stores[name] = StoreSettings.new(**hooks).freeze
+      end
+
+      # @api private
+      # @return [Hash{Symbol => StoreSettings}] the backends' hooks, by name
+      attr_reader :stores
+    end
+
     # @return [String] prefix of every key (default "mega_mutex")
     attr_reader :namespace
     # @return [Integer] lease length in seconds: a lock whose holder vanishes is free after this
     attr_reader :lock_ttl
     # @return [Numeric, nil] how long with_distributed_mutex waits by default; nil waits forever
     attr_reader :default_timeout
-    # @return [Float] seconds to wait for a TCP connection to memcached
+    # @return [Float] seconds to wait for a connection to a lock server
     attr_reader :connect_timeout
-    # @return [Float] seconds to wait for memcached to answer a request
+    # @return [Float] seconds to wait for a lock server to answer a request
     attr_reader :io_timeout
     # @return [Float] first pause, in seconds, after finding the lock taken
     attr_reader :backoff_min
@@ -76,36 +98,8 @@ module MegaMutex
     # (comma-separated) when set, else localhost:11211.
     # @return [Configuration]
     def initialize
-      env = ENV["MEMCACHE_SERVERS"].to_s.strip
-      self.memcache_servers = env.empty? ? ["localhost:#{DEFAULT_PORT}"] : env.split(",")
+      Configuration.stores.each_value { |store| send(store.defaults) if store.defaults }
       DEFAULTS.each { |name, value| public_send("#{name}=", value) }
-    end
-
-    # The servers the locks are kept on. Each lock lives on one of them,
-    # chosen by hashing its key against the servers' canonical names (see
-    # {.parse_server}): every process sharing locks must list the same
-    # servers, in any order, under names that are equal once canonical.
-    # Duplicates (after canonicalisation) count once.
-    #
-    # @param servers [Array<String>, String] "host", "host:port", "[v6addr]", "[v6addr]:port" or
-    #   "/path/to.sock"; a String may list several, comma-separated
-    # @raise [ArgumentError] for an empty list, more than {MAX_SERVERS} servers, or a bad entry
-    def memcache_servers=(servers)
-      list = servers.is_a?(String) ? servers.split(",") : servers
-      unless list.is_a?(Array)
-        raise ArgumentError, "memcache_servers must be an Array of \"host:port\" strings (got #{servers.class})"
-      end
-      raise ArgumentError, "memcache_servers must not be empty" if list.empty?
-
-      addresses = list.map { |entry| self.class.parse_server(entry) }.uniq
-      if addresses.size > MAX_SERVERS
-        raise ArgumentError, "memcache_servers: at most #{MAX_SERVERS} servers (got #{addresses.size})"
-      end
-
-      @memcache_servers = addresses.map { |host, port| format_server(host, port).freeze }.freeze
-      # Sorted: libmemcached breaks ties between equal hash points by list
-      # position, so the order must not depend on how the list was written.
-      @server_addresses = addresses.sort_by { |host, port| [host.b, port] }.map { |pair| pair.map(&:freeze).freeze }.freeze
     end
 
     # @param value [String, Symbol] 1 to 100 characters of A-Z a-z 0-9 _ . - / @ = +; not ":",
@@ -176,8 +170,8 @@ module MegaMutex
         raise ArgumentError, "backend must be #{BACKENDS.map(&:inspect).join(' or ')} (got #{value.inspect})"
       end
 
-      # Loaded here, not at the first lock, where a Timeout could cut the load short.
-      require_relative "memory_store" if sym == :memory
+      selected = Configuration.stores.fetch(sym).selected
+      send(selected) if selected
       @backend = sym
     end
 
@@ -190,7 +184,8 @@ module MegaMutex
       @logger = value
     end
 
-    # Checks the settings that depend on each other.
+    # Checks the settings that depend on each other: the shared ones, then
+    # the chosen backend's own.
     # @raise [ArgumentError]
     # @return [self]
     def validate!
@@ -198,124 +193,16 @@ module MegaMutex
         raise ArgumentError, "backoff_min (#{backoff_min}) must not exceed backoff_max (#{backoff_max})"
       end
 
+      validate = Configuration.stores.fetch(backend).validate
+      send(validate) if validate
       self
     end
 
-    # @return [Array<Array(String, Integer)>] [host, port] pairs; port 0 for a unix socket
     # @api private
-    def server_addresses
-      @server_addresses
-    end
-
-    # A copy with the same settings, ready to be changed (what dup and clone call).
-    # @param other [Configuration] the configuration copied
-    # @return [void]
-    def initialize_copy(other)
-      super
-      @server_addresses = other.server_addresses
-    end
-
-    # Parses one server and puts it in its canonical form, so that the same
-    # server written two ways is one server: libmemcached places each lock by
-    # hashing the "host:port" text, and two processes that spelled a server
-    # differently would look for the same lock on different servers.
-    #
-    # - host names are lowercased and lose a trailing dot; `localhost` is
-    #   127.0.0.1; other names are kept as written (never resolved);
-    # - an IPv4 address must be four decimal numbers without leading zeros
-    #   (127.1, 0x7f.0.0.1 or 0127.0.0.1 raise: the C resolver reads them
-    #   as other spellings of an address);
-    # - an IPv6 address goes in brackets and is compressed and lowercased
-    #   ([0:0::1] is [::1]); an IPv4-mapped one ([::ffff:10.0.0.1]) is the
-    #   IPv4 address;
-    # - a missing port is 11211;
-    # - a socket path loses repeated slashes and "." components.
-    #
-    # @api private
-    # @param entry [String] "host", "host:port", "[v6addr]", "[v6addr]:port" or "/path/to.sock"
-    # @return [Array(String, Integer)] [host, port]; port 0 for a unix socket
-    # @raise [ArgumentError] naming memcache_servers and what is wrong with the entry
-    def self.parse_server(entry)
-      unless entry.is_a?(String)
-        raise ArgumentError, "memcache_servers: each server must be a String like \"host:port\" (got #{entry.inspect})"
-      end
-
-      str = entry.b.strip
-      shown = entry.bytesize > 80 ? "#{entry.byteslice(0, 60).scrub.inspect[0..-2]}...\" (#{entry.bytesize} bytes)" : entry.inspect
-      bad = ->(why) { raise ArgumentError, "memcache_servers: bad server #{shown}: #{why}" }
-      bad.call("empty") if str.empty?
-      return [socket_path(str, bad).force_encoding(entry.encoding), 0] if str.start_with?("/")
-
-      host, port = case str
-                   when /\A\[([^\]]*)\](?::(.*))?\z/ then [ipv6_host(Regexp.last_match(1), bad), Regexp.last_match(2)]
-                   when /\A[0-9A-Fa-f]*:[0-9A-Fa-f]*:/
-                     bad.call("write an IPv6 address in brackets, as [::1] or [::1]:11211")
-                   when /\A([^:\[\]]+)(?::(.*))?\z/ then [host_name(Regexp.last_match(1), bad), Regexp.last_match(2)]
-                   else bad.call("expected host, host:port, [ipv6]:port or /path/to.sock")
-                   end
-      return [host, DEFAULT_PORT] if port.nil?
-
-      bad.call("port #{port.inspect} is not a number") unless port.match?(/\A\d{1,6}\z/)
-      bad.call("port #{port} is out of range 1-65535") unless (1..65_535).cover?(port.to_i)
-      [host, port.to_i]
-    end
-
-    # @api private
-    # @return [String] a canonical host name or IPv4 address (US-ASCII)
-    def self.host_name(host, bad)
-      bad.call("host #{host.inspect} has characters a host name cannot have") unless host.match?(/\A[A-Za-z0-9.\-_]+\z/)
-      name = host.downcase.chomp(".")
-      if name.bytesize > MAX_HOST
-        bad.call("host name is #{name.bytesize} characters, longer than the #{MAX_HOST} a DNS name can have")
-      end
-      labels = name.split(".", -1)
-      bad.call("host #{host.inspect} has an empty label") if name.empty? || labels.any?(&:empty?)
-      bad.call("host #{host.inspect} has a label longer than 63 characters") if labels.any? { |l| l.bytesize > 63 }
-      return ipv4_host(name, host, bad) if labels.all? { |l| l.match?(/\A(?:\d+|0x\h*)\z/) }
-
-      name == "localhost" ? "127.0.0.1" : name.encode(Encoding::US_ASCII)
-    end
-
-    # @api private
-    # @return [String] an IPv4 address in dotted-quad form
-    def self.ipv4_host(name, host, bad)
-      parts = name.split(".")
-      unless parts.size == 4 && parts.all? { |p| p.match?(/\A(?:0|[1-9]\d{0,2})\z/) && p.to_i <= 255 }
-        bad.call("#{host.inspect} is not an IPv4 address as four decimal numbers 0-255 without leading zeros")
-      end
-
-      parts.join(".").encode(Encoding::US_ASCII)
-    end
-
-    # @api private
-    # @return [String] a compressed, lowercased IPv6 address, or the IPv4
-    #   address an IPv4-mapped one stands for
-    def self.ipv6_host(text, bad)
-      bad.call("#{text.inspect} is not an IPv6 address") unless text.match?(/\A[0-9A-Fa-f:.]+\z/) && text.include?(":")
-      addr = begin
-        IPAddr.new(text)
-      rescue IPAddr::Error
-        bad.call("#{text.inspect} is not an IPv6 address")
-      end
-      addr = addr.native if addr.ipv4_mapped?
-      addr.to_s.encode(Encoding::US_ASCII)
-    end
-
-    # @api private
-    # @return [String] the path with repeated slashes and "." components removed
-    def self.socket_path(str, bad)
-      bad.call("a socket path cannot contain whitespace or NUL") if str.match?(/[\s\x00]/n)
-      path = str.squeeze("/").gsub(%r{/\.(?=/|\z)}, "")
-      path = "/" if path.empty?
-      if path.bytesize > MAX_SOCKET_PATH
-        bad.call("socket path is #{path.bytesize} bytes, longer than the #{MAX_SOCKET_PATH} a unix socket address holds")
-      end
-
-      path
-    end
-
-    # @api private
+    # @param value [Numeric] seconds
+    # @param name [Symbol] the setting or option, named in the error
     # @return [Integer] a validated lease length in whole seconds
+    # @raise [ArgumentError] naming `name`, unless 1 <= value <= {MAX_TTL}
     def self.ttl_value(value, name)
       unless value.is_a?(Numeric) && value.real? && value.to_f.finite? && value >= 1 && value <= MAX_TTL
         raise ArgumentError, "#{name} must be a number of seconds between 1 and #{MAX_TTL} (got #{value.inspect})"
@@ -325,7 +212,10 @@ module MegaMutex
     end
 
     # @api private
+    # @param value [Numeric, nil] seconds
+    # @param name [Symbol] the setting or option, named in the error
     # @return [Numeric, nil] a validated timeout; nil waits forever
+    # @raise [ArgumentError] naming `name`, for anything but a non-negative real number or nil
     def self.timeout_value(value, name)
       return nil if value.nil?
       raise ArgumentError, "#{name} must be a number of seconds or nil (got #{value.inspect})" unless value.is_a?(Numeric) && value.real?
@@ -340,12 +230,8 @@ module MegaMutex
 
     private
 
-    def format_server(host, port)
-      return host if port.zero?
-
-      host.include?(":") ? "[#{host}]:#{port}" : "#{host}:#{port}"
-    end
-
+    # @return [Numeric] value, if a finite real number
+    # @raise [ArgumentError] naming the setting
     def number(name, value)
       unless value.is_a?(Numeric) && value.real? && value.to_f.finite?
         raise ArgumentError, "#{name} must be a finite number (got #{value.inspect})"
@@ -354,6 +240,8 @@ module MegaMutex
       value
     end
 
+    # @return [Float] value, if a number of seconds within min..max
+    # @raise [ArgumentError] naming the setting and the range
     def bounded(name, value, min, max)
       float = number(name, value).to_f
       raise ArgumentError, "#{name} must be between #{min} and #{max} seconds (got #{value.inspect})" unless float >= min && float <= max
@@ -361,4 +249,10 @@ module MegaMutex
       float
     end
   end
+end
+
+# Each backend's settings and rules.
+MegaMutex::Configuration::BACKENDS.each { |name| require_relative "configuration/#{name}" }
+unless (missing = MegaMutex::Configuration::BACKENDS - MegaMutex::Configuration.stores.keys).empty?
+  raise LoadError, "MegaMutex: no settings registered for backend(s) #{missing.inspect}"
 end
