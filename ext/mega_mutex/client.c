@@ -18,7 +18,7 @@
 #include "store.h"
 
 #define MM_MAX_SERVERS 64
-#define MM_TTL_MAX 2592000 /* above 30 days memcached reads an absolute time */
+#define MM_TTL_MAX 2592000 /* no store keeps a lease longer (each says its own limit: max_ttl) */
 
 static VALUE cClient;
 static VALUE eError, eConnectionError, eServerError;
@@ -115,28 +115,25 @@ static double to_seconds(VALUE v, const char *what, int nil_means_forever) {
   return d;
 }
 
-/* The version a caller keeps between _acquire and _release: the item's
- * version and the store's witness, as an opaque 16-byte String (frozen).
- * Anything else given back to _release (nil, an Integer) means "unknown":
- * the release then checks the owner first. */
-static VALUE pack_version(const mm_holder *h) {
-  unsigned char buf[16];
-  for (int i = 0; i < 8; i++) {
-    buf[i] = (unsigned char) (h->version >> (8 * i));
-    buf[8 + i] = (unsigned char) (h->witness >> (8 * i));
-  }
-  return rb_obj_freeze(rb_str_new((const char *) buf, sizeof buf));
+/* The lease a caller keeps between _acquire and _release: the store's
+ * mm_lease_record as an opaque, frozen String. Anything else given back to
+ * _release (nil, an Integer) means "unknown": the release then checks the
+ * owner first. */
+static VALUE pack_lease(const mm_lease_record *lease) {
+  return rb_obj_freeze(rb_str_new((const char *) lease, (long) sizeof *lease));
 }
 
-static void unpack_version(VALUE v, uint64_t *version, uint64_t *witness) {
-  *version = 0;
-  *witness = 0;
-  if (!RB_TYPE_P(v, T_STRING) || RSTRING_LEN(v) != 16) return;
-  const unsigned char *buf = (const unsigned char *) RSTRING_PTR(v);
-  for (int i = 0; i < 8; i++) {
-    *version |= (uint64_t) buf[i] << (8 * i);
-    *witness |= (uint64_t) buf[8 + i] << (8 * i);
-  }
+/* 1 with *lease filled when `v` is a packed lease, else 0. */
+static int unpack_lease(VALUE v, mm_lease_record *lease) {
+  if (!RB_TYPE_P(v, T_STRING) || RSTRING_LEN(v) != (long) sizeof *lease) return 0;
+  memcpy(lease, RSTRING_PTR(v), sizeof *lease);
+  return 1;
+}
+
+/* A ttl the client's store accepts (its own limit). */
+static void check_ttl(const mm_store *store, unsigned ttl) {
+  if (ttl > store->ops->max_ttl)
+    rb_raise(rb_eArgError, "ttl must be 1 to %u seconds for %s (got %u)", store->ops->max_ttl, store->ops->name, ttl);
 }
 
 /* Raise the store's last error; the client must have been given back. */
@@ -218,6 +215,7 @@ typedef struct {
   unsigned ttl;
   mm_wait_policy policy;
   mm_waker *waker;
+  mm_lease_record lease;
   mm_holder holder;
   mm_acquire_stats stats;
   mm_status status;
@@ -227,13 +225,16 @@ typedef struct {
 static void *acquire_nogvl(void *p) {
   acquire_args *a = p;
   a->ran = 1;
-  a->status = mm_lock_acquire(a->store, a->key, a->token, a->ttl, &a->policy, a->waker, &a->holder, &a->stats);
+  a->status =
+      mm_lock_acquire(a->store, a->key, a->token, a->ttl, &a->policy, a->waker, &a->lease, &a->holder, &a->stats);
   return NULL;
 }
 
 /*
  * _acquire(state, key, token, ttl, timeout, backoff_min, backoff_max) -> true | false
  *
+ * ttl: the lock_ttl; the store applies its own lease rules (a margin on the
+ * wire, its limit). true: taken; state's @version holds the lease record.
  * true: taken; state's @version is set before anything can interrupt this
  * thread, so an `ensure` that checks it always releases what was taken.
  * false: timed out; state's @holder names the holder seen last.
@@ -262,6 +263,8 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
 
   mm_client *c = client_take(self);
   a.store = c->store;
+  if (a.ttl > c->store->ops->max_ttl) client_give_back(c);
+  check_ttl(c->store, a.ttl);
   double start = mm_monotonic();
   unsigned long attempts = 0;
   a.waker = &c->waker;
@@ -288,7 +291,7 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
   double waited = mm_monotonic() - start;
   switch (a.status) {
   case MM_OK:
-    rb_ivar_set(state, id_iv_version, pack_version(&a.holder));
+    rb_ivar_set(state, id_iv_version, pack_lease(&a.lease));
     rb_ivar_set(state, id_iv_attempts, ULONG2NUM(attempts));
     rb_ivar_set(state, id_iv_waited, DBL2NUM(waited));
     return Qtrue;
@@ -308,7 +311,7 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
 
 /* ---- the short calls: release, extend, read, force_release ------------ */
 
-enum short_op { OP_RELEASE, OP_EXTEND, OP_READ, OP_FORCE };
+enum short_op { OP_RELEASE, OP_EXTEND, OP_READ, OP_DESCRIBE, OP_FORCE };
 
 typedef struct {
   enum short_op op;
@@ -316,9 +319,11 @@ typedef struct {
   mm_waker *waker;
   mm_bytes key, token;
   unsigned ttl;
-  uint64_t version, witness;
-  int unknown; /* an earlier, interrupted try may have been applied */
+  mm_lease_record lease;
+  int have_lease; /* lease holds what the take returned */
+  int unknown;    /* an earlier, interrupted try may have been applied */
   mm_holder holder;
+  mm_description description;
   mm_status status;
   int ran;
 } short_args;
@@ -328,9 +333,12 @@ static void *short_nogvl(void *p) {
   mm_store *s = a->store;
   a->ran = 1;
   switch (a->op) {
-  case OP_RELEASE: a->status = s->ops->release(s, a->key, a->token, a->version, a->witness, a->unknown); break;
-  case OP_EXTEND: a->status = s->ops->extend(s, a->key, a->token, a->ttl, &a->version); break;
+  case OP_RELEASE:
+    a->status = s->ops->release(s, a->key, a->token, a->have_lease ? &a->lease : NULL, a->unknown);
+    break;
+  case OP_EXTEND: a->status = s->ops->refresh(s, a->key, a->token, a->ttl, &a->lease); break;
   case OP_READ: a->status = s->ops->read(s, a->key, &a->holder); break;
+  case OP_DESCRIBE: a->status = s->ops->describe(s, a->key, &a->description); break;
   case OP_FORCE: a->status = s->ops->force_release(s, a->key); break;
   }
   return NULL;
@@ -384,11 +392,12 @@ static VALUE client_release(VALUE self, VALUE key, VALUE token, VALUE version) {
   a.op = OP_RELEASE;
   a.key = k.bytes;
   a.token = t.bytes;
-  unpack_version(version, &a.version, &a.witness);
+  a.have_lease = unpack_lease(version, &a.lease);
   return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
 }
 
-/* _extend(key, token, ttl) -> true if still ours and renewed. */
+/* _extend(key, token, ttl) -> true if still ours and renewed for another
+ * lock_ttl `ttl` (the store's lease rules apply). */
 static VALUE client_extend(VALUE self, VALUE key, VALUE token, VALUE ttl) {
   key_buf k, t;
   copy_key(key, &k, MM_KEY_MAX, "key");
@@ -399,7 +408,27 @@ static VALUE client_extend(VALUE self, VALUE key, VALUE token, VALUE ttl) {
   a.key = k.bytes;
   a.token = t.bytes;
   a.ttl = to_ttl(ttl);
+  mm_client *c;
+  TypedData_Get_Struct(self, mm_client, &client_type, c);
+  if (c->store != NULL) check_ttl(c->store, a.ttl);
   return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
+}
+
+/* _describe(key) -> [holder token or nil, seconds left (Float; -1.0 no
+ * expiry; nil unknown), where (the server, or "memory")]. For `mega_mutex
+ * status`; any error raises. */
+static VALUE client_describe(VALUE self, VALUE key) {
+  key_buf k;
+  copy_key(key, &k, MM_KEY_MAX, "key");
+  short_args a;
+  memset(&a, 0, sizeof a);
+  a.op = OP_DESCRIBE;
+  a.key = k.bytes;
+  run_short(self, &a);
+  const mm_description *d = &a.description;
+  VALUE holder = d->holder.token_len ? rb_str_new(d->holder.token, (long) d->holder.token_len) : Qnil;
+  VALUE left = d->lease_left < -1.5 ? Qnil : DBL2NUM(d->lease_left);
+  return rb_ary_new_from_args(3, holder, left, rb_str_new_cstr(d->where));
 }
 
 /* _read(key) -> the holder's token, or nil when nobody holds it. Any error
@@ -476,6 +505,7 @@ void mm_client_init(VALUE mNative) {
   rb_define_method(cClient, "_acquire", client_acquire, 7);
   rb_define_method(cClient, "_release", client_release, 3);
   rb_define_method(cClient, "_extend", client_extend, 3);
+  rb_define_method(cClient, "_describe", client_describe, 1);
   rb_define_method(cClient, "_read", client_read, 1);
   rb_define_method(cClient, "_force_release", client_force_release, 1);
   rb_define_method(cClient, "_server_for", client_server_for, 1);

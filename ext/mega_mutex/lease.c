@@ -2,7 +2,7 @@
  * lease.c - the Ruby-facing glue of the C renewer (renewer.c):
  * MegaMutex::Native::Lease, one held lock being kept alive.
  *
- *   Lease.start(host, port, connect_ms, io_ms, key, token, ttl, wire_ttl, valid_until) -> Lease
+ *   Lease.start(host, port, connect_ms, io_ms, key, token, ttl, valid_until) -> Lease
  *   lease.stop                 stop renewing (before the release)
  *   lease.lost_reason          nil while the lease is known good, else why it was lost
  *   lease.valid_until          CLOCK_MONOTONIC seconds until which it is known good
@@ -52,7 +52,7 @@ static unsigned to_uint(VALUE v, const char *what, unsigned long max) {
 }
 
 static VALUE lease_s_start(VALUE klass, VALUE host, VALUE port, VALUE connect_ms, VALUE io_ms, VALUE key, VALUE token,
-                           VALUE ttl, VALUE wire_ttl, VALUE valid_until) {
+                           VALUE ttl, VALUE valid_until) {
   (void) klass;
   mm_lane_spec spec;
   spec.host = StringValueCStr(host);
@@ -69,11 +69,10 @@ static VALUE lease_s_start(VALUE klass, VALUE host, VALUE port, VALUE connect_ms
   mm_bytes k = {RSTRING_PTR(key), (size_t) RSTRING_LEN(key)};
   mm_bytes t = {RSTRING_PTR(token), (size_t) RSTRING_LEN(token)};
   unsigned lease_ttl = to_uint(ttl, "ttl", 2592000);
-  unsigned wire = to_uint(wire_ttl, "wire ttl", 2592000);
   double until = NUM2DBL(valid_until);
 
   char err[MM_ERROR_MAX];
-  mm_lease *lease = mm_lease_start(&spec, k, t, lease_ttl, wire, until, err, sizeof err);
+  mm_lease *lease = mm_lease_start(&spec, k, t, lease_ttl, until, err, sizeof err);
   RB_GC_GUARD(host);
   RB_GC_GUARD(key);
   RB_GC_GUARD(token);
@@ -148,7 +147,7 @@ void mm_lease_init(VALUE mNative) {
   eError = rb_const_get(mMegaMutex, rb_intern("Error"));
   cLease = rb_define_class_under(mNative, "Lease", rb_cObject);
   rb_undef_alloc_func(cLease);
-  rb_define_singleton_method(cLease, "start", lease_s_start, 9);
+  rb_define_singleton_method(cLease, "start", lease_s_start, 8);
   rb_define_singleton_method(cLease, "next_loss", lease_s_next_loss, 1);
   rb_define_singleton_method(cLease, "counts", lease_s_counts, 0);
   rb_define_method(cLease, "stop", lease_stop, 0);

@@ -86,10 +86,32 @@ static double next_random(uint64_t *state) {
   return (double) ((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0; /* [0, 1) */
 }
 
+/* A store that waits in the server (MM_CAP_WAIT): one try, then its own
+ * wait, woken by the release and ended by the waker (the store watches the
+ * same eventfd). */
+static mm_status wait_in_store(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
+                               const mm_wait_policy *policy, mm_lease_record *lease, mm_holder *holder,
+                               mm_acquire_stats *stats, double start) {
+  stats->attempts = 1;
+  mm_status st = store->ops->try_take(store, key, token, ttl, lease, holder);
+  if (st == MM_HELD && policy->timeout != 0) {
+    stats->attempts = 2;
+    double left = policy->timeout < 0 ? -1 : policy->timeout - (mm_monotonic() - start);
+    st = left >= 0 && left < 1e-6 ? MM_TIMEOUT
+                                   : store->ops->wait_take(store, key, token, ttl, left, lease, holder);
+  } else if (st == MM_HELD) {
+    st = MM_TIMEOUT;
+  }
+  stats->waited = mm_monotonic() - start;
+  return st;
+}
+
 mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
-                          const mm_wait_policy *policy, mm_waker *waker, mm_holder *holder,
-                          mm_acquire_stats *stats) {
+                          const mm_wait_policy *policy, mm_waker *waker, mm_lease_record *lease,
+                          mm_holder *holder, mm_acquire_stats *stats) {
   double start = mm_monotonic();
+  if ((store->ops->caps & MM_CAP_WAIT) && store->ops->wait_take != NULL)
+    return wait_in_store(store, key, token, ttl, policy, lease, holder, stats, start);
   double deadline = policy->timeout < 0 ? INFINITY : start + policy->timeout;
   double backoff = policy->backoff_min;
   struct timespec seed_ts;
@@ -111,7 +133,7 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
   stats->attempts = 0;
   for (;;) {
     stats->attempts++;
-    st = store->ops->acquire(store, key, token, ttl, holder);
+    st = store->ops->try_take(store, key, token, ttl, lease, holder);
     if (st != MM_HELD) break;
 
     int changed = !seen_any || holder->version != seen_version || holder->token_len != seen_len ||

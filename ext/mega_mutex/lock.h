@@ -34,11 +34,12 @@ void mm_waker_wake(void *waker);   /* an unblocking function: no Ruby API */
 
 double mm_monotonic(void);
 
-/* Take `key` for `token`, waiting as `policy` says. MM_OK, MM_TIMEOUT,
- * MM_INTERRUPTED or a store error; `holder` describes the holder seen last
- * (on MM_OK: us, with the version needed to release). */
+/* Take `key` for `token` (lease of `ttl` seconds, by the store's rules),
+ * waiting as `policy` says: polling with backoff, or in the store when it
+ * can wait there (MM_CAP_WAIT). MM_OK (*lease filled), MM_TIMEOUT,
+ * MM_INTERRUPTED or a store error; `holder` describes the holder seen last. */
 mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
-                          const mm_wait_policy *policy, mm_waker *waker, mm_holder *holder,
-                          mm_acquire_stats *stats);
+                          const mm_wait_policy *policy, mm_waker *waker, mm_lease_record *lease,
+                          mm_holder *holder, mm_acquire_stats *stats);
 
 #endif

@@ -37,7 +37,7 @@ struct mm_lease {
   mm_lane *lane;
   char *key, *token;
   size_t key_len, token_len;
-  unsigned ttl, wire_ttl;
+  unsigned ttl;
   /* guarded by lane->mutex */
   enum lease_state state;
   double next_due;
@@ -240,28 +240,19 @@ static void lane_remove_at(mm_lane *lane, size_t i, mm_lease **dropped, size_t *
   lane->leases[i] = lane->leases[--lane->count];
 }
 
-/* Renews one lease over the lane's connection; records the outcome. */
+/* Renews one lease over the lane's connection (the store's refresh, by its
+ * own lease rules); records the outcome. */
 static void lane_renew(mm_lane *lane, mm_lease *lease) {
-  if (lane->store == NULL) {
-    mm_server_addr addr = {lane->host, lane->port};
-    /* retry 0: a failed connection is tried again at the next renewal (paced by RETRY_SECONDS) */
-    mm_memcached_options opts = {&addr, 1, lane->connect_timeout_ms, lane->io_timeout_ms, 0};
-    char err[MM_ERROR_MAX];
-    lane->store = mm_memcached_store_new(&opts, err, sizeof err);
-  }
-  double started = mm_monotonic();
-  mm_status st = MM_ERR_CONNECTION;
-  if (lane->store != NULL) {
-    uint64_t version = 0;
-    mm_bytes key = {lease->key, lease->key_len}, token = {lease->token, lease->token_len};
-    st = lane->store->ops->extend(lane->store, key, token, lease->wire_ttl, &version);
-  }
+  mm_lease_record record;
+  memset(&record, 0, sizeof record);
+  mm_bytes key = {lease->key, lease->key_len}, token = {lease->token, lease->token_len};
+  mm_status st = lane->store->ops->refresh(lane->store, key, token, lease->ttl, &record);
   pthread_mutex_lock(&lane->mutex);
   int queue = 0;
   if (lease->state == LEASE_ACTIVE) {
     if (st == MM_OK) {
-      lease->valid_until = started + lease->ttl;
-      lease->next_due = mm_monotonic() + lease->ttl / 3.0;
+      lease->valid_until = record.valid_until;
+      lease->next_due = mm_monotonic() + lane->store->ops->renew_after(lane->store, lease->ttl);
       __atomic_add_fetch(&g_renewed, 1, __ATOMIC_RELAXED);
     } else if (st == MM_HELD || st == MM_ABSENT) {
       queue = lease_lose(lease, NOT_FOUND);
@@ -365,6 +356,16 @@ static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
   lane->port = spec->port;
   lane->connect_timeout_ms = spec->connect_timeout_ms;
   lane->io_timeout_ms = spec->io_timeout_ms;
+  /* Its own connection to its one server (made here, opened on first use).
+   * Retry 0: a failed connection is tried again at the next renewal, which
+   * RETRY_SECONDS paces. */
+  mm_server_addr addr = {lane->host, lane->port};
+  mm_memcached_options opts = {&addr, 1, lane->connect_timeout_ms, lane->io_timeout_ms, 0};
+  lane->store = mm_memcached_store_new(&opts, err, errlen);
+  if (lane->store == NULL) {
+    free(lane);
+    return NULL;
+  }
   pthread_condattr_t cattr;
   int rc = pthread_condattr_init(&cattr);
   if (rc == 0) rc = pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
@@ -386,6 +387,7 @@ static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
   }
   if (rc != 0) {
     snprintf(err, errlen, "could not start a renewer thread: %s", strerror(rc));
+    lane->store->ops->destroy(lane->store);
     free(lane); /* its mutex and condvar hold nothing on Linux */
     return NULL;
   }
@@ -394,7 +396,7 @@ static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
   return lane;
 }
 
-mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl, unsigned wire_ttl,
+mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl,
                          double valid_until, char *err, size_t errlen) {
   mm_lease *lease = calloc(1, sizeof *lease);
   if (lease != NULL) {
@@ -417,9 +419,7 @@ mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token,
   lease->token[token.len] = '\0';
   lease->token_len = token.len;
   lease->ttl = ttl;
-  lease->wire_ttl = wire_ttl;
   lease->valid_until = valid_until;
-  lease->next_due = mm_monotonic() + ttl / 3.0;
   lease->state = LEASE_ACTIVE;
   lease->refs = 2; /* the caller's and the lane's */
   lease->id = __atomic_add_fetch(&g_next_id, 1, __ATOMIC_RELAXED);
@@ -434,6 +434,7 @@ mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token,
     return NULL;
   }
   lease->lane = lane;
+  lease->next_due = mm_monotonic() + lane->store->ops->renew_after(lane->store, ttl);
   pthread_mutex_lock(&lane->mutex);
   int ok = 1;
   if (lane->count == lane->capacity) {

@@ -31,12 +31,13 @@ typedef struct {
   int io_timeout_ms;
 } mm_lane_spec;
 
-/* Starts renewing `key` for `token`: every ttl/3 s the lease is extended to
- * wire_ttl s. `valid_until` (CLOCK_MONOTONIC seconds) is when the lease as
- * taken is known to end. Returns the lease with one reference for the
- * caller, or NULL with a message in err. */
-mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl, unsigned wire_ttl,
-                         double valid_until, char *err, size_t errlen);
+/* Starts renewing `key` for `token`, a lease of lock_ttl `ttl`: the lane's
+ * store refreshes it when its rules say (memcached: every ttl/3 s).
+ * `valid_until` (CLOCK_MONOTONIC seconds) is when the lease as taken is
+ * known to end. Returns the lease with one reference for the caller, or
+ * NULL with a message in err. */
+mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl, double valid_until,
+                         char *err, size_t errlen);
 
 /* Stops renewing (the lock is about to be released). Idempotent; a no-op in
  * a forked child. */

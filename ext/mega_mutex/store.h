@@ -1,10 +1,14 @@
 /*
- * store.h - the interface every lock store implements.
+ * store.h - the interface every lock store implements (version 2).
  *
- * The lock logic (lock.c) speaks only to this interface; a store knows how
- * to take, release, extend and read one named lease on its backend. The
- * memcached store (store_memcached.c) is the first; a MySQL GET_LOCK store
- * or a quorum over several independent servers can sit beside it.
+ * The lock logic (lock.c), the renewer (renewer.c) and the Ruby glue speak
+ * only to this interface. A store says what it is - a lease store or a
+ * session store, whether it can wait in the server, whether it gives
+ * fencing tokens - and knows how to take, wait for, release, refresh, read
+ * and describe one named lock, with its own lease rules. Stores:
+ * store_memcached.c (leases in memcached) and store_memory.c (this
+ * process only, for test suites); a MariaDB GET_LOCK store and a quorum
+ * over several memcached servers are to sit beside them.
  *
  * Every function here runs WITHOUT the Ruby GVL: no Ruby API may be used.
  * Errors are reported through mm_status plus a message in store->error.
@@ -46,36 +50,82 @@ typedef struct {
 typedef struct {
   char token[MM_TOKEN_MAX + 1];
   size_t token_len;
-  uint64_t version; /* memcached: the item's CAS; used for atomic release */
-  uint64_t witness; /* names the connection `version` was read on, unchanged
-                       since (see store_memcached.c); 0 when unknown */
+  uint64_t version; /* the store's own scratch (memcached: the item's CAS) */
+  uint64_t witness; /* the store's own scratch (memcached: the connection it was read on) */
 } mm_holder;
+
+/* What kind of lock a store keeps. */
+typedef enum {
+  MM_KIND_LEASE,  /* the store expires a lock unless it is refreshed (memcached, a quorum) */
+  MM_KIND_SESSION /* a lock lives as long as the connection that took it (MariaDB GET_LOCK) */
+} mm_store_kind;
+
+/* What else a store can do (mm_store_ops.caps). */
+#define MM_CAP_WAIT 0x1u    /* wait_take: waits in the store, woken by a release and by the waker */
+#define MM_CAP_FENCING 0x2u /* try_take / wait_take fill mm_lease_record.fencing_token */
+
+#define MM_LEASE_STATE_MAX 48
+
+/* One held lock as its store keeps it: filled by try_take / wait_take,
+ * updated by refresh, handed back to release. Plain bytes, so a caller may
+ * copy it anywhere (a Ruby String, the renewer). */
+typedef struct {
+  unsigned char state[MM_LEASE_STATE_MAX]; /* the store's own (memcached: CAS + connection witness) */
+  double valid_until;                       /* CLOCK_MONOTONIC seconds: known held until then
+                                               (a session store: INFINITY while its session lives) */
+  uint64_t fencing_token;                   /* grows across holders of a key; 0 when the store gives none */
+} mm_lease_record;
+
+/* What describe reports about one key, for `mega_mutex status`. */
+typedef struct {
+  mm_holder holder;   /* token_len 0: nobody holds it */
+  double lease_left;  /* seconds the store keeps it; -1 no expiry; -2 unknown */
+  char where[320];    /* the server that keeps it: "127.0.0.1:11211", a socket path, "memory" */
+} mm_description;
 
 typedef struct mm_store mm_store;
 
+/*
+ * The operations. `ttl` is always the caller's lock_ttl in seconds: each
+ * store applies its own lease rules (memcached: a margin on the wire for its
+ * one-second clock, the 30-day limit) and says when a lease must be renewed.
+ */
 typedef struct {
   const char *name;
-  /* Take `key` for `token` with a lease of at least `ttl` seconds. MM_OK when
-   * taken (holder->version set for release), MM_HELD when someone else holds
-   * it (holder filled when known). */
-  mm_status (*acquire)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder);
-  /* Remove `key` only if `token` still holds it. `version` and `witness`
-   * are what acquire returned (0 when unknown): hints a store may use to
-   * save a round trip when it can prove them still valid. `unknown`: an
-   * earlier try of this release may have been applied (then "gone" means
-   * released). MM_OK, or MM_HELD (someone else holds it now: lost) /
-   * MM_ABSENT (gone, and not by this release: lost). */
-  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness,
-                       int unknown);
-  /* Renew the lease of `key` to `ttl` seconds if `token` holds it; the new
-   * version goes to *version. MM_OK, MM_HELD or MM_ABSENT. */
-  mm_status (*extend)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version);
+  mm_store_kind kind;
+  unsigned caps; /* MM_CAP_* */
+  /* Longest lock_ttl the store accepts. */
+  uint32_t max_ttl;
+  /* Seconds after a take or refresh at which the lease should be refreshed. */
+  double (*renew_after)(const mm_store *, uint32_t ttl);
+  /* Try once to take `key` for `token`. MM_OK: taken, *lease filled.
+   * MM_HELD: someone else holds it (holder filled when known). */
+  mm_status (*try_take)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease,
+                        mm_holder *holder);
+  /* (MM_CAP_WAIT only; NULL otherwise) Wait up to `timeout` seconds (< 0:
+   * for ever) for `key`, in the store. MM_OK, MM_TIMEOUT (holder filled when
+   * known), MM_INTERRUPTED (the waker), or an error. */
+  mm_status (*wait_take)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, double timeout,
+                         mm_lease_record *lease, mm_holder *holder);
+  /* Give `key` back if `token` still holds it. `lease`: what the take
+   * returned (hints a store may use to save a round trip when it can prove
+   * them still valid), or NULL when unknown. `unknown`: an earlier try of
+   * this release may have been applied (then "gone" means released). MM_OK,
+   * or MM_HELD (someone else holds it: lost) / MM_ABSENT (gone, not by this
+   * release: lost). */
+  mm_status (*release)(mm_store *, mm_bytes key, mm_bytes token, const mm_lease_record *lease, int unknown);
+  /* Keep the lock: extend a lease for another `ttl`, or check that a
+   * session still holds it. Updates lease->valid_until. MM_OK, MM_HELD or
+   * MM_ABSENT (lost). */
+  mm_status (*refresh)(mm_store *, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease);
   /* Read the holder: MM_OK with holder filled, or MM_ABSENT. */
   mm_status (*read)(mm_store *, mm_bytes key, mm_holder *holder);
+  /* The holder, the lease left and the server (for `mega_mutex status`). */
+  mm_status (*describe)(mm_store *, mm_bytes key, mm_description *out);
   /* Remove `key` whoever holds it (operator's escape hatch). */
   mm_status (*force_release)(mm_store *, mm_bytes key);
   /* The server that keeps `key`: host (or socket path) into host[hostlen],
-   * port (0 for a unix socket). MM_OK or MM_ERR_SERVER. No I/O. */
+   * port (0 for a unix socket or a store without servers). No I/O. */
   mm_status (*locate)(mm_store *, mm_bytes key, char *host, size_t hostlen, unsigned *port);
   /* Close connections and free. */
   void (*destroy)(mm_store *);

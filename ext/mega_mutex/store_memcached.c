@@ -28,7 +28,8 @@
  *            compare-and-delete, one round trip. Only when the CAS is proven
  *            current (see "witness" below); otherwise gets, compare the
  *            token, then that cas.
- *   extend   gets, compare token, "cas key 0 ttl n cas".
+ *   refresh  gets, compare token, "cas key 0 ttl n cas".
+ *   describe "mg key v t": the holder and the seconds left.
  *
  * The witness. A restarted server counts CAS from 0 again, so an old CAS
  * can match a new holder's item: a CAS alone is no proof of ownership. But
@@ -37,7 +38,7 @@
  * connection, is a CAS of the same server process - unique for its
  * lifetime - and the 1-round-trip cas is safe. Each connection we open gets
  * a generation number from one process-wide counter, and any failure closes
- * it: acquire returns the generation with the CAS (holder->witness), and
+ * it: try_take puts the generation with the CAS in the lease record, and
  * release takes the short path only when the same connection is still open.
  *
  * Outcomes. A request that fails after a store command (add, cas, delete)
@@ -81,6 +82,20 @@
  * or release cut by Timeout still has a known outcome. Only a server that
  * answers slower than this leaves the outcome unknown. */
 #define MM_INTERRUPT_GRACE 0.02
+/* The lease rules. memcached's clock ticks once a second, can lag real time
+ * by up to a second and then jump (a late tick, a paused server): a lease
+ * sent as lock_ttl + 2 lasts at least lock_ttl (chaos/run.rb measured
+ * lock_ttl 1 leases cut to half a second with a 1 s margin). Above 30 days
+ * memcached reads an expiry as a Unix time, so lock_ttl stops 2 s short. */
+#define MM_WIRE_MARGIN 2
+#define MM_MAX_EXPIRY 2592000U
+#define MM_MAX_TTL (MM_MAX_EXPIRY - MM_WIRE_MARGIN)
+
+/* What a memcached lease record's state holds: the CAS read at take time
+ * and the connection it was read on (see "The witness"). */
+typedef struct {
+  uint64_t version, witness;
+} mc_lease_state;
 
 typedef struct {
   char *host;      /* host name or address, or a unix socket path */
@@ -661,15 +676,40 @@ static mm_status acquire_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, m
   return st;
 }
 
-/* Taking is idempotent (the token decides), so a retry is always safe. */
-static mm_status mc_acquire(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_holder *holder) {
+static void lease_set(mm_lease_record *lease, uint64_t version, uint64_t witness, double valid_until) {
+  mc_lease_state st = {version, witness};
+  memset(lease, 0, sizeof *lease);
+  memcpy(lease->state, &st, sizeof st);
+  lease->valid_until = valid_until;
+  lease->fencing_token = 0;
+}
+
+static mc_lease_state lease_get(const mm_lease_record *lease) {
+  mc_lease_state st = {0, 0};
+  if (lease != NULL) memcpy(&st, lease->state, sizeof st);
+  return st;
+}
+
+static double mc_renew_after(const mm_store *base, uint32_t ttl) {
+  (void) base;
+  return ttl / 3.0;
+}
+
+/* Taking is idempotent (the token decides), so a retry is always safe. The
+ * lease is known good from before the add was sent: valid_until counts from
+ * then. */
+static mm_status mc_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease,
+                             mm_holder *holder) {
   mm_memcached_store *s = (mm_memcached_store *) base;
   mm_conn *c;
   base->maybe_applied = 0;
+  uint32_t wire = ttl + MM_WIRE_MARGIN;
+  double started = now_s();
   mm_status st = begin(s, key, &c, "store a lock");
-  if (st == MM_OK) st = acquire_once(s, c, key, token, ttl, holder);
+  if (st == MM_OK) st = acquire_once(s, c, key, token, wire, holder);
   if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "store a lock")) == MM_OK)
-    st = acquire_once(s, c, key, token, ttl, holder);
+    st = acquire_once(s, c, key, token, wire, holder);
+  if (st == MM_OK) lease_set(lease, holder->version, holder->witness, started + ttl);
   return st;
 }
 
@@ -710,9 +750,11 @@ static mm_status release_checked(mm_memcached_store *s, mm_bytes key, mm_bytes t
   return MM_ERR_SERVER;
 }
 
-static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, uint64_t version, uint64_t witness,
+static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, const mm_lease_record *lease,
                             int unknown) {
   mm_memcached_store *s = (mm_memcached_store *) base;
+  mc_lease_state held = lease_get(lease);
+  uint64_t version = held.version, witness = held.witness;
   mm_conn *c;
   base->maybe_applied = unknown;
   s->deadline = now_s() + s->io_timeout;
@@ -752,16 +794,20 @@ static mm_status extend_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm
   return MM_ERR_SERVER;
 }
 
-/* Extending is idempotent (owner-checked each time): a retry is safe. */
-static mm_status mc_extend(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, uint64_t *version) {
+/* Extending is idempotent (owner-checked each time): a retry is safe. The
+ * new CAS is not returned by a cas: the record's CAS is dropped, and a
+ * release reads the owner first. */
+static mm_status mc_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease) {
   mm_memcached_store *s = (mm_memcached_store *) base;
   mm_conn *c;
   base->maybe_applied = 0;
-  *version = 0; /* the new CAS is not returned by a cas: release re-reads */
+  uint32_t wire = ttl + MM_WIRE_MARGIN;
+  double started = now_s();
   mm_status st = begin(s, key, &c, "extend a lock");
-  if (st == MM_OK) st = extend_once(s, c, key, token, ttl);
+  if (st == MM_OK) st = extend_once(s, c, key, token, wire);
   if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "extend a lock")) == MM_OK)
-    st = extend_once(s, c, key, token, ttl);
+    st = extend_once(s, c, key, token, wire);
+  if (st == MM_OK) lease_set(lease, 0, 0, started + ttl);
   return st;
 }
 
@@ -773,6 +819,65 @@ static mm_status mc_read(mm_store *base, mm_bytes key, mm_holder *holder) {
   if (st == MM_OK) st = gets(s, c, key, holder, "read a lock");
   if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "read a lock")) == MM_OK)
     st = gets(s, c, key, holder, "read a lock");
+  return st;
+}
+
+/* "mg <key> v t": the holder and the seconds left, in one round trip
+ * ("VA <bytes> t<secs>" + the value, or "EN"). A server without meta
+ * commands answers an error line: then gets, with the lease unknown. */
+static mm_status describe_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_description *out) {
+  const char *doing = "describe a lock";
+  char req[MM_KEY_MAX + 16];
+  int n = snprintf(req, sizeof req, "mg %.*s v t\r\n", (int) key.len, key.ptr);
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  char *line;
+  size_t len;
+  if ((st = read_line(s, c, doing, &line, &len)) != MM_OK) return st;
+  if (word_is(line, len, "EN")) return MM_ABSENT;
+  if (word_is(line, len, "ERROR") || starts_with(line, len, "CLIENT_ERROR")) {
+    out->lease_left = -2; /* no meta commands (memcached < 1.6) */
+    return gets(s, c, key, &out->holder, doing);
+  }
+  const char *w[3];
+  size_t wl[3];
+  uint64_t bytes, secs;
+  char ex[200];
+  excerpt(line, len, ex, sizeof ex);
+  int neg = 0;
+  if (split_words(line, len, w, wl, 3) != 3 || !word_is(w[0], wl[0], "VA") ||
+      !parse_number(w[1], wl[1], MM_VALUE_MAX, &bytes) || wl[2] < 2 || w[2][0] != 't' ||
+      !((neg = (wl[2] == 3 && w[2][1] == '-' && w[2][2] == '1')) || parse_number(w[2] + 1, wl[2] - 1, UINT32_MAX, &secs)))
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" (expected VA <bytes> t<seconds>)", ex);
+  size_t keep = bytes > MM_TOKEN_MAX ? MM_TOKEN_MAX : (size_t) bytes;
+  if ((st = read_bytes(s, c, doing, (size_t) bytes, out->holder.token, keep)) != MM_OK) return st;
+  out->holder.token[keep] = '\0';
+  out->holder.token_len = keep;
+  if ((st = read_line(s, c, doing, &line, &len)) != MM_OK) return st;
+  if (len != 0)
+    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (the value is longer than the %llu bytes announced)",
+                     (unsigned long long) bytes);
+  out->lease_left = neg ? -1 : (double) secs;
+  return MM_OK;
+}
+
+static mm_status mc_describe(mm_store *base, mm_bytes key, mm_description *out) {
+  mm_memcached_store *s = (mm_memcached_store *) base;
+  mm_conn *c;
+  base->maybe_applied = 0;
+  memset(out, 0, sizeof *out);
+  out->lease_left = -2;
+  mm_status st = begin(s, key, &c, "describe a lock");
+  snprintf(out->where, sizeof out->where, "%s", c->label);
+  if (st == MM_OK) st = describe_once(s, c, key, out);
+  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "describe a lock")) == MM_OK)
+    st = describe_once(s, c, key, out);
+  if (st == MM_ABSENT) {
+    out->holder.token_len = 0;
+    out->holder.token[0] = '\0';
+    out->lease_left = -2;
+    st = MM_OK;
+  }
   return st;
 }
 
@@ -832,8 +937,21 @@ static void mc_destroy(mm_store *base) {
 static void mc_abandon(mm_store *base) { mc_destroy(base); }
 
 static const mm_store_ops memcached_ops = {
-    "memcached", mc_acquire, mc_release, mc_extend,  mc_read,
-    mc_force_release, mc_locate, mc_destroy, mc_abandon,
+    .name = "memcached",
+    .kind = MM_KIND_LEASE,
+    .caps = 0,
+    .max_ttl = MM_MAX_TTL,
+    .renew_after = mc_renew_after,
+    .try_take = mc_try_take,
+    .wait_take = NULL,
+    .release = mc_release,
+    .refresh = mc_refresh,
+    .read = mc_read,
+    .describe = mc_describe,
+    .force_release = mc_force_release,
+    .locate = mc_locate,
+    .destroy = mc_destroy,
+    .abandon = mc_abandon,
 };
 
 #define SET_BEHAVIOR(flag, value)                                                                \

@@ -163,14 +163,12 @@ module MegaMutex
       name = single_name(status_parser, args, "status")
       configure!
       key = build_lock(name, "status").key
-      holder, server = MegaMutex.pool.with { |client| [client._read(key), client._server_for(key)] }
-      where = "key #{key} on #{format_server(server)}"
+      # The store describes the key: holder, lease left, where it lives.
+      holder, lease, server = MegaMutex.pool.with { |client| client._describe(key) }
+      where = "key #{key} on #{server}"
       if holder
-        lease = lease_left(server, key)
-        unless lease == :gone
-          @out.puts "#{name}: held by #{holder}, #{describe_lease(lease)} (#{where})"
-          return EX_HELD
-        end
+        @out.puts "#{name}: held by #{holder}, #{describe_lease(lease)} (#{where})"
+        return EX_HELD
       end
       @out.puts "#{name}: free (#{where})"
       EX_OK

@@ -386,7 +386,7 @@ module MegaMutex
         # hold.version the moment the lock is ours, before any interrupt can
         # land; one landing after that is handled by _undo_take.
         @pool.with do |client|
-          granted = client._acquire(hold, @key, hold.token, hold.wire_ttl, timeout, @config.backoff_min, @config.backoff_max)
+          granted = client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
           # A memcached lease is renewed by the C renewer's lane for its server.
           hold.server = client._server_for(@key) if granted && !@memory
         end

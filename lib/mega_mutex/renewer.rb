@@ -175,7 +175,7 @@ module MegaMutex
       config = hold.config
       host, port = hold.server
       hold.lease = Native::Lease.start(host, port, (config.connect_timeout * 1000).ceil, (config.io_timeout * 1000).ceil,
-                                       hold.key, hold.token, hold.ttl, hold.wire_ttl, hold.valid_until)
+                                       hold.key, hold.token, hold.ttl, hold.valid_until)
       @mutex.synchronize do
         @leased[hold.lease.id] = hold
         start_reporter
@@ -330,7 +330,7 @@ module MegaMutex
 
     def renew(hold)
       started = now
-      still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.wire_ttl) }
+      still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.ttl) }
       lost = @mutex.synchronize do
         next false unless @due.key?(hold) # released (or given up) meanwhile: nothing to say
 
