@@ -17,7 +17,7 @@ ttl = Integer(ARGV[1] || 1)
 seconds = Float(ARGV[2] || 10)
 servers_n = Integer(ARGV[3] || 1)
 
-servers = Array.new(servers_n) { MemcachedServer.new.start }
+servers = Array.new(servers_n) { Servers::Memcached.new.start }
 MegaMutex.configure do |c|
   c.memcache_servers = servers.map(&:address)
   c.lock_ttl = ttl

@@ -134,7 +134,7 @@ module Bench
       FileUtils.mkdir_p(@opts.out)
       @build_dir = File.join(ROOT, "bench", "build")
       @floor_bin = build_floor
-      @memcached = MemcachedServer.new(args: %w[-M -m 64 -c 4096]).start
+      @memcached = Servers::Memcached.new(args: %w[-M -m 64 -c 4096]).start
       if @opts.contenders.include?("redlock")
         if RedisServer.available?
           @redis = RedisServer.new.start

@@ -9,15 +9,15 @@
 #   ruby -Ilib chaos/run.rb --quick     # ~15 s; bundle exec rake chaos runs the full one
 #   ruby -Ilib chaos/run.rb --help
 #
-# It starts its own memcached on a free loopback port (spec/support/memcached_server.rb)
-# and stops it, and every worker, when it ends.
+# It starts its own memcached on a free loopback port (Servers::Memcached,
+# spec/support/servers.rb) and stops it, and every worker, when it ends.
 
 require "optparse"
 require "json"
 require "tmpdir"
 require "fileutils"
 require "mega_mutex"
-require_relative "../spec/support/memcached_server"
+require_relative "../spec/support/servers"
 
 module Chaos
   MUTEX_ID = "chaos-section"
@@ -390,7 +390,7 @@ module Chaos
 
     def run
       t0 = Chaos.now
-      @server = MemcachedServer.new(args: ["-M", "-m", "64"]).start
+      @server = Servers::Memcached.new(args: ["-M", "-m", "64"]).start
       @version = @server.stats["version"]
       MegaMutex.configure do |c|
         c.memcache_servers = [@server.address]

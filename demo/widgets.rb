@@ -12,7 +12,7 @@
 require "optparse"
 require "tmpdir"
 require "mega_mutex"
-require_relative "../spec/support/memcached_server"
+require_relative "../spec/support/servers"
 
 module WidgetsDemo
   MUTEX_ID = "WidgetMaker Mutex ID"
@@ -249,7 +249,7 @@ module WidgetsDemo
     def run
       servers = @options[:servers] || ENV["MEMCACHE_SERVERS"].to_s.strip
       if servers.empty?
-        private_server = MemcachedServer.new.start
+        private_server = Servers::Memcached.new.start
         servers = private_server.address
       end
       configure(servers)
