@@ -10,5 +10,6 @@ RUBY_FUNC_EXPORTED void Init_mega_mutex(void) {
   VALUE mNative = rb_define_module_under(mMegaMutex, "Native");
   mm_client_init(mNative); /* client.c: MegaMutex::Native::Client */
   mm_lease_init(mNative);  /* lease.c: MegaMutex::Native::Lease (the C renewer, renewer.c) */
+  mm_memory_glue_init(mNative); /* memory_glue.c: MegaMutex::Native::MemoryTable (store_memory.c) */
   mm_lock_entry_init(mMegaMutex); /* lock_entry.c: MegaMutex::Lock#lock and #try_lock */
 }
