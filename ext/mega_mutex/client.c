@@ -16,6 +16,7 @@
 #include "lock.h"
 #include "mega_mutex.h"
 #include "store.h"
+#include "store_memory.h"
 
 #define MM_MAX_SERVERS 64
 #define MM_TTL_MAX 2592000 /* no store keeps a lease longer (each says its own limit: max_ttl) */
@@ -141,6 +142,19 @@ static void raise_store_error(mm_store *s, mm_status st) {
   rb_raise(st == MM_ERR_CONNECTION ? eConnectionError : eServerError, "%s", s->error);
 }
 
+/* Gives a fresh client its store, with the waker wired in. */
+static void client_attach(mm_client *c, mm_store *store) {
+  if (mm_waker_init(&c->waker) != 0) {
+    store->ops->destroy(store);
+    rb_sys_fail("eventfd");
+  }
+  c->store = store;
+  /* The waker ends a request in progress, not only a wait. */
+  c->store->cancel_fd = c->waker.fd;
+  c->store->cancelled = &c->waker.interrupted;
+  c->pid = getpid();
+}
+
 /* ---- initialize -------------------------------------------------------- */
 
 typedef struct {
@@ -195,15 +209,21 @@ static VALUE client_initialize(VALUE self, VALUE servers, VALUE connect_ms, VALU
   rb_thread_call_without_gvl(open_nogvl, &a, RUBY_UBF_IO, NULL);
   RB_GC_GUARD(hosts);
   if (a.result == NULL) rb_raise(eError, "%s", a.error);
-  if (mm_waker_init(&c->waker) != 0) {
-    a.result->ops->destroy(a.result);
-    rb_sys_fail("eventfd");
-  }
-  c->store = a.result;
-  /* The waker ends a request in progress, not only a wait. */
-  c->store->cancel_fd = c->waker.fd;
-  c->store->cancelled = &c->waker.interrupted;
-  c->pid = getpid();
+  client_attach(c, a.result);
+  return self;
+}
+
+/* Client.memory -> a client over the memory store (store_memory.c): this
+ * process's table, for test suites (config.backend = :memory). The same
+ * lock loop, waits and interrupts as for memcached. */
+static VALUE client_s_memory(VALUE klass) {
+  VALUE self = client_alloc(klass);
+  mm_client *c;
+  TypedData_Get_Struct(self, mm_client, &client_type, c);
+  char err[MM_ERROR_MAX];
+  mm_store *store = mm_memory_store_new(err, sizeof err);
+  if (store == NULL) rb_raise(eError, "%s", err);
+  client_attach(c, store);
   return self;
 }
 
@@ -501,6 +521,7 @@ void mm_client_init(VALUE mNative) {
 
   cClient = rb_define_class_under(mNative, "Client", rb_cObject);
   rb_define_alloc_func(cClient, client_alloc);
+  rb_define_singleton_method(cClient, "memory", client_s_memory, 0);
   rb_define_method(cClient, "initialize", client_initialize, 4);
   rb_define_method(cClient, "_acquire", client_acquire, 7);
   rb_define_method(cClient, "_release", client_release, 3);
