@@ -114,11 +114,17 @@ RSpec.describe "backend :memory" do
     end
 
     it "has no server to locate" do
-      expect { MegaMutex.pool.with { |c| c._server_for(key_for("x")) } }
-        .to raise_error(MegaMutex::Error, /memory backend has no server/)
+      if store::NATIVE
+        expect(MegaMutex.pool.with { |c| c._server_for(key_for("x")) }).to eq(["memory", 0])
+      else
+        expect { MegaMutex.pool.with { |c| c._server_for(key_for("x")) } }
+          .to raise_error(MegaMutex::Error, /memory backend has no server/)
+      end
     end
 
     it "stands in for every method of the native client, with the same arity" do
+      next expect(MegaMutex.pool.with(&:itself)).to be_a(MegaMutex::Native::Client) if store::NATIVE # it is one
+
       native = MegaMutex::Native::Client.public_instance_methods(false).sort
       expect(native).to include(:_acquire, :_release, :_extend, :_read, :_force_release, :_server_for, :close, :closed?)
       native.each do |name|
@@ -306,16 +312,14 @@ RSpec.describe "backend :memory" do
       expect(value_of(waiter)).to eq(:after_lease)
     end
 
-    it "a live holder keeps its lease: the renewer extends it" do
-      extended = Queue.new
-      allow_any_instance_of(MegaMutex::MemoryStore).to receive(:_extend).and_wrap_original do |original, *args|
-        original.call(*args).tap { |renewed| extended << renewed }
-      end
-      holder = held_elsewhere("kept", ttl: 1) # lease 3 s (lock_ttl + 2), renewed every 1/3 s
-      store.advance(2.5)
-      extended.clear
-      expect(extended.pop).to be(true) # a renewal after the jump
-      store.advance(2.5) # 5 s of lease clock since the take: only a renewal keeps it
+    it "advance never ends a lease its holder is renewing" do
+      pending("the Ruby store ends renewed leases too (the C store does not)") unless store::NATIVE
+      renewals = -> { store.table.locks.to_h { |key, _token, _left, count| [key, count] }[key_for("kept")] }
+      holder = held_elsewhere("kept", ttl: 1) # renewed every 1/3 s
+      wait_for(within: 3, message: "the first renewal") { renewals.call.to_i >= 1 }
+      store.advance(3600)
+      seen = renewals.call
+      wait_for(within: 3, message: "a renewal after the jump") { renewals.call.to_i > seen }
       expect(Thread.new { MegaMutex::Lock.new("kept").try_lock }.value).to be(false)
       expect(holder.lost?).to be(false)
       expect(holder.unlock).to be(true)
@@ -341,7 +345,7 @@ RSpec.describe "backend :memory" do
     it "the renewer finds a lost lease while it is held; on_lock_lost :log only logs" do
       out = StringIO.new
       use_memory(on_lock_lost: :log, logger: Logger.new(out))
-      lock = MegaMutex::Lock.new("lost-too", ttl: 1)
+      lock = MegaMutex::Lock.new("lost-too", ttl: 3) # advanced before its first renewal (at 1 s)
       lock.lock
       store.advance(10)
       wait_for(message: "renewer to find the lease gone") { lock.lost? }

@@ -6,25 +6,27 @@ module MegaMutex
   #
   #   MegaMutex.configure { |config| config.backend = :memory }
   #
-  # Threads exclude each other, locks are reentrant, timeouts (0, a number,
-  # nil for ever) and leases work as with memcached: a lease that nobody
-  # renews ends after its length, and a holder that finds its lease gone gets
-  # {LockLostError}. `memcache_servers` is ignored.
+  # The store is written in C (ext/mega_mutex/store_memory.c) behind the same
+  # store interface as memcached, so a suite runs the production lock loop,
+  # reentrancy, renewal and interrupt handling: only where the locks are kept
+  # differs. Threads exclude each other, locks are reentrant, timeouts (0, a
+  # number, nil for ever) and leases work as with memcached: a lease that
+  # nobody renews ends after its length, and a holder that finds its lease
+  # gone gets {LockLostError}. `memcache_servers` is ignored.
   #
   # The locks live in one table per process, shared by every configuration
   # whose backend is `:memory`, so re-configuring keeps the locks held. Clear
-  # it between examples with {.reset!}. Waiters sleep on a ConditionVariable
-  # and are woken by the release (or when the lease they wait on ends); they
-  # do not poll, so `backoff_min`/`backoff_max` are not used.
+  # it between examples with {.reset!}. A waiter waits in the store and is
+  # woken by the release (or when the lease it waits on ends, or by
+  # Thread#raise, Timeout or a signal); it does not poll, so
+  # `backoff_min`/`backoff_max` are not used.
   #
   # After `fork` the child works on its own copy of the table: locks held at
   # the fork still look held in the child until their leases end there
   # (nobody renews them in the child), and nothing either process does is
   # seen by the other. The memory backend is no cross-process lock.
   #
-  # Instances stand in for the native memcached client (the methods with a
-  # leading underscore are the same private interface, used by {Lock}); an
-  # application only calls the class methods.
+  # An application only calls the class methods; the pool makes the clients.
   #
   # @example RSpec: every example starts with no lock held
   #   RSpec.configure do |config|
@@ -39,14 +41,99 @@ module MegaMutex
     # Longest lease accepted, in seconds (30 days).
     MAX_TTL = 2_592_000
 
+    # Whether the C store is in use: Native::Client.memory (client.c) makes
+    # its clients, and the pool checks them out like connections (one per
+    # thread at a time). Until both are there, the Ruby store below serves.
+    # @api private
+    NATIVE = Native::Client.respond_to?(:memory) && !Pool.private_method_defined?(:memory_store)
+
+    class << self
+      # Forgets every lock in this process's table (and undoes {.advance}).
+      # Call it between examples, when no block is inside a lock: a holder
+      # whose lock was cleared finds it gone at release ({LockLostError}, as
+      # after a memcached restart). Waiters are woken and take the lock.
+      # @return [nil]
+      def reset!
+        table.reset!
+        nil
+      end
+
+      # Moves the lease clock forward by `seconds`, as if that much time had
+      # passed for the leases (not for waits and timeouts, which stay real
+      # time): a lease that nobody renewed ends. Lets a suite test lease
+      # expiry without sleeping.
+      #
+      # A lease its holder is renewing is not ended: had the time really
+      # passed, the renewer would have renewed it. A lease counts as being
+      # renewed once its holder has renewed it (the renewer does so a third
+      # of the way through lock_ttl) and for lock_ttl after each renewal. So
+      # advance ends the locks of holders that crashed, stopped renewing or
+      # belong to the parent of a forked child - and a lock taken less than
+      # lock_ttl / 3 ago, not yet renewed (its holder then gets
+      # {LockLostError}). To take a renewed lock away from a live holder,
+      # use {.reset!}.
+      # @param seconds [Numeric] non-negative, finite; at most 100 years in
+      #   all between two {.reset!}s
+      # @return [nil]
+      # @raise [ArgumentError] for a negative, non-finite or non-real number
+      def advance(seconds)
+        unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds >= 0
+          raise ArgumentError, "advance takes a non-negative number of seconds (got #{seconds.inspect})"
+        end
+
+        table.advance(seconds.to_f)
+        nil
+      end
+
+      # The locks held now in this process's table.
+      # @return [Hash{String => String}] key => the holder's token
+      def locks
+        table.locks.to_h { |key, token, _left, _renewals| [key, token] }
+      end
+
+      # @api private
+      # @return [#reset!, #advance, #locks] this process's table:
+      #   Native::MemoryTable, whose locks are
+      #   [key, token, seconds_left, renewals] rows
+      def table
+        NATIVE ? Native::MemoryTable : RubyTable.current
+      end
+    end
+
+    if NATIVE
+      # A client of the C store, for the pool (one thread at a time).
+      # @api private
+      # @return [Native::Client]
+      def self.new
+        Native::Client.memory
+      end
+    end
+
+    # ---- the Ruby store: serves until NATIVE (to be removed then) ----
+
     # One held lock.
     # @api private
-    Entry = Struct.new(:token, :version, :expires_at)
+    Entry = Struct.new(:token, :version, :expires_at, :renewals)
 
     # The process-wide lock table: entries by key, one mutex, and a
     # ConditionVariable per key that has waiters.
     # @api private
-    class Table
+    class RubyTable
+      @current = nil
+      @create_mutex = Mutex.new
+
+      # @return [RubyTable] this process's table (a child's own copy after fork)
+      def self.current
+        t = @current
+        return t if t && t.pid == Process.pid
+
+        # Ruby frees, in a forked child, the mutexes that other threads held.
+        @create_mutex.synchronize do
+          @current = @current.nil? ? new : @current.for_child if @current.nil? || @current.pid != Process.pid
+          @current
+        end
+      end
+
       # @return [Integer] the process that owns this table
       attr_reader :pid
 
@@ -61,7 +148,7 @@ module MegaMutex
 
       # A copy for a forked child: the same locks, a fresh mutex (the
       # parent's may have been held by a thread that does not exist here).
-      # @return [Table]
+      # @return [RubyTable]
       def for_child
         self.class.new(@entries.transform_values(&:dup), @version, @offset)
       end
@@ -93,7 +180,7 @@ module MegaMutex
         return nil if live(key)
 
         @version += 1
-        @entries[key] = Entry.new(token, @version, clock + ttl)
+        @entries[key] = Entry.new(token, @version, clock + ttl, 0)
         @version
       end
 
@@ -132,7 +219,7 @@ module MegaMutex
       end
 
       # Forgets every lock and wakes every waiter.
-      def clear
+      def reset!
         synchronize do
           @entries.clear
           @offset = 0.0
@@ -140,11 +227,11 @@ module MegaMutex
         end
       end
 
-      # @return [Hash{String => String}] live keys and their holders' tokens
-      def snapshot
+      # @return [Array<Array>] the live locks: [key, token, seconds_left, renewals]
+      def locks
         synchronize do
           @entries.each_key.to_a.each { |key| live(key) }
-          @entries.transform_values { |e| e.token.dup }
+          @entries.map { |key, e| [key, e.token.dup, e.expires_at - clock, e.renewals] }
         end
       end
 
@@ -155,57 +242,7 @@ module MegaMutex
         slot&.first&.broadcast
       end
     end
-    private_constant :Table
-
-    @table = Table.new
-    @table_mutex = Mutex.new
-
-    class << self
-      # Forgets every lock in this process's table (and undoes {.advance}).
-      # Call it between examples, when no block is inside a lock: a holder
-      # whose lock was cleared finds it gone at release ({LockLostError}, as
-      # after a memcached restart). Waiters are woken and take the lock.
-      # @return [nil]
-      def reset!
-        table.clear
-        nil
-      end
-
-      # Moves the lease clock forward by `seconds`, as if that much time had
-      # passed for the leases (not for waits and timeouts, which stay real
-      # time): a lease that nobody renewed within that time ends. Lets a
-      # suite test lease expiry and {LockLostError} without sleeping.
-      # @param seconds [Numeric] non-negative
-      # @return [nil]
-      # @raise [ArgumentError] for a negative or non-finite number
-      def advance(seconds)
-        unless seconds.is_a?(Numeric) && seconds.real? && seconds.to_f.finite? && seconds >= 0
-          raise ArgumentError, "advance takes a non-negative number of seconds (got #{seconds.inspect})"
-        end
-
-        table.advance(seconds.to_f)
-        nil
-      end
-
-      # The locks held now in this process's table.
-      # @return [Hash{String => String}] key => the holder's token
-      def locks
-        table.snapshot
-      end
-
-      # @api private
-      # @return [Table] this process's table (a child's own copy after fork)
-      def table
-        t = @table
-        return t if t.pid == Process.pid
-
-        # Ruby frees, in a forked child, the mutexes that other threads held.
-        @table_mutex.synchronize do
-          @table = @table.for_child if @table.pid != Process.pid
-          @table
-        end
-      end
-    end
+    private_constant :RubyTable
 
     # A store over this process's table. Cheap: {Pool} makes one per
     # configuration.
@@ -241,7 +278,7 @@ module MegaMutex
       start = now
       deadline = timeout && start + timeout
       attempts = 0
-      table = self.class.table
+      table = RubyTable.current
       table.synchronize do
         loop do
           attempts += 1
@@ -279,7 +316,7 @@ module MegaMutex
       check_key(key, MAX_KEY, "key")
       check_key(token, MAX_TOKEN, "token")
       check_open
-      table = self.class.table
+      table = RubyTable.current
       table.synchronize do
         entry = table.live(key)
         next false unless entry && entry.token == token && (!version.is_a?(Integer) || entry.version == version)
@@ -297,12 +334,13 @@ module MegaMutex
       check_key(token, MAX_TOKEN, "token")
       ttl = check_ttl(ttl)
       check_open
-      table = self.class.table
+      table = RubyTable.current
       table.synchronize do
         entry = table.live(key)
         next false unless entry && entry.token == token
 
         entry.expires_at = table.clock + ttl
+        entry.renewals += 1
         true
       end
     end
@@ -312,8 +350,21 @@ module MegaMutex
     def _read(key)
       check_key(key, MAX_KEY, "key")
       check_open
-      table = self.class.table
+      table = RubyTable.current
       table.synchronize { table.live(key)&.token&.dup }
+    end
+
+    # @api private
+    # @return [Array(String, Float, String), Array(nil, nil, String)] the
+    #   holder's token, the seconds its lease has left, and "memory"
+    def _describe(key)
+      check_key(key, MAX_KEY, "key")
+      check_open
+      table = RubyTable.current
+      table.synchronize do
+        entry = table.live(key)
+        entry ? [entry.token.dup, entry.expires_at - table.clock, "memory"] : [nil, nil, "memory"]
+      end
     end
 
     # Removes `key`'s lock whoever holds it.
@@ -322,7 +373,7 @@ module MegaMutex
     def _force_release(key)
       check_key(key, MAX_KEY, "key")
       check_open
-      table = self.class.table
+      table = RubyTable.current
       table.synchronize do
         next false unless table.live(key)
 
