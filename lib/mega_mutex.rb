@@ -26,8 +26,57 @@ module MegaMutex
   @setup_mutex = Mutex.new
   @configuration = nil
   @pool = nil
+  @pid = Process.pid
+
+  # Keeps {MegaMutex.pid} right in a forked child. Ruby 3.1's Process._fork
+  # is what Kernel#fork, Process.fork and IO.popen("-") call; Process.daemon
+  # forks without it, so it is hooked too. A fork made from C by another
+  # extension, outside both, is not seen (see {MegaMutex.pid}).
+  # @api private
+  module ForkHook
+    # @return [Integer] the child's pid in the parent, 0 in the child
+    def _fork
+      pid = super
+      MegaMutex.forked! if pid.zero?
+      pid
+    end
+
+    # @return [Integer] 0, in the daemon (the parents exit inside)
+    def daemon(*)
+      result = super
+      MegaMutex.forked!
+      result
+    end
+  end
 
   class << self
+    if Process.respond_to?(:_fork)
+      # This process's pid, cached: the hot path asks often, and getpid is a
+      # system call. Kept right across fork by {ForkHook}.
+      # @api private
+      # @return [Integer]
+      def pid
+        @pid
+      end
+    else
+      # Ruby 3.0 has no Process._fork to hook: no cache there.
+      # @api private
+      # @return [Integer]
+      def pid
+        Process.pid
+      end
+    end
+
+    # Called in a forked child, before anything else runs in it: the pid and
+    # what is made per process (the owner tokens' prefix and random source)
+    # start again. The parent's holds, connections and renewer are left
+    # alone (each checks the pid).
+    # @api private
+    # @return [void]
+    def forked!
+      @pid = Process.pid
+      Lock.forked!
+    end
     # Changes the settings. The block gets a copy of the current
     # configuration; it takes effect only if the block finishes and every
     # setting is valid, so a failed configure changes nothing.
@@ -90,20 +139,29 @@ module MegaMutex
   #
   # @param id [String, Symbol, Integer] names the lock; any bytes, any length
   # @param options [Hash, nil] the original gem's positional form: { timeout: 1 }
-  # @option kwargs [Numeric, nil] :timeout seconds to wait (default config.default_timeout;
+  # @param timeout [Numeric, nil] seconds to wait (default config.default_timeout;
   #   nil waits forever; 0 tries once)
-  # @option kwargs [Integer] :ttl lease length in seconds (default config.lock_ttl)
+  # @param ttl [Integer] lease length in seconds (default config.lock_ttl)
   # @yieldparam lock [Lock] the lock held (optional)
   # @return the block's value
   # @raise [TimeoutError] "Failed to obtain a lock within N seconds."
   # @raise [ConnectionError] when memcached cannot be reached
   # @raise [LockLostError] after the block, if its lease was lost while it ran
-  # @raise [ArgumentError] for a bad id or option, or no block
-  def with_distributed_mutex(id, options = nil, **kwargs, &block)
-    raise ArgumentError, "with_distributed_mutex needs a block" unless block
+  # @raise [ArgumentError] for a bad id or option (an unknown keyword is
+  #   named by Ruby: "unknown keyword: :tiemout"), or no block
+  def with_distributed_mutex(id, options = nil, timeout: UNSET, ttl: UNSET, &block)
+    # block_given?, not `block`: reading the block would make a Proc here;
+    # passed on with &block it is not (Lock#synchronize makes the one Proc).
+    # Named keywords, not **kwargs: those make a Hash on every call.
+    raise ArgumentError, "with_distributed_mutex needs a block" unless block_given?
 
-    return Lock.new(id).synchronize(&block) if options.nil? && kwargs.empty? # the common call
+    if options.nil? && UNSET.equal?(timeout) && UNSET.equal?(ttl) # the common call
+      return Lock.new(id).synchronize(&block)
+    end
 
+    kwargs = {}
+    kwargs[:timeout] = timeout unless UNSET.equal?(timeout)
+    kwargs[:ttl] = ttl unless UNSET.equal?(ttl)
     opts = MegaMutex.merge_options(options, kwargs)
     Lock.new(id, **opts).synchronize(&block)
   end
@@ -169,7 +227,13 @@ module MegaMutex
     opts
   end
 
+  # Marks a keyword not given (nil is a value: timeout: nil waits forever).
+  UNSET = Object.new.freeze
+  private_constant :UNSET
+
   extend self
+
+  Process.singleton_class.prepend(ForkHook) if Process.respond_to?(:_fork)
 end
 
 # Rails: config.mega_mutex and Rails.logger (see MegaMutex::Railtie).

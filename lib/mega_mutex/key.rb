@@ -31,6 +31,33 @@ module MegaMutex
     # Hex digits of SHA-256 kept after "#" (128 bits).
     DIGEST_HEX = 32
 
+    # Keys remembered per namespace by {cached}; beyond this the cache
+    # starts again (a process using ever new ids does not grow).
+    CACHE_MAX = 1024
+
+    @cache = [nil, {}.freeze].freeze # [namespace, {id => key}]
+
+    # The key for (namespace, id), made once per id and remembered: the hot
+    # path of a lock taken again and again under one id allocates nothing
+    # for its key. Same result as {for}, frozen.
+    # @param namespace [String] a validated namespace
+    # @param id [String, Symbol, Integer] the mutex id
+    # @return [String] the key (frozen)
+    # @raise [ArgumentError] for a nil, empty or unsupported id (never cached)
+    def self.cached(namespace, id)
+      ns, keys = @cache
+      unless namespace.equal?(ns)
+        keys = {}
+        @cache = [namespace, keys].freeze
+      end
+      key = keys[id]
+      return key if key
+
+      key = self.for(namespace, id).freeze
+      keys.clear if keys.size >= CACHE_MAX
+      keys[id] = key # a String id is copied and frozen by the Hash: a later change to it changes nothing here
+    end
+
     module_function
 
     # @param namespace [String] a validated namespace (see {SAFE_NAMESPACE})
@@ -58,7 +85,7 @@ module MegaMutex
             end
       raise ArgumentError, "mutex id must not be empty" if str.empty?
 
-      str.b
+      str.ascii_only? ? str : str.b
     end
   end
 end

@@ -72,6 +72,9 @@ module MegaMutex
       attr_accessor :server
       # @return [Native::Lease, nil] its lease in the C renewer (memcached)
       attr_accessor :lease
+      # @return [Native::Client, nil] the client it was taken on, kept out of
+      #   the pool until the release when taken by a block (Lock#synchronize)
+      attr_accessor :client
 
       # @param id [Object] the mutex id
       # @param key [String] the memcached key
@@ -87,7 +90,7 @@ module MegaMutex
         @ttl = ttl
         @config = config
         @thread = Thread.current
-        @pid = Process.pid
+        @pid = MegaMutex.pid
         @depth = 0
         @version = nil
         @locked_at = nil
@@ -95,6 +98,7 @@ module MegaMutex
         @lane = nil
         @server = nil
         @lease = nil
+        @client = nil
         @outcome_unknown = nil
         @lost_reason = nil
       end
@@ -171,7 +175,7 @@ module MegaMutex
     def initialize(id, timeout: (timeout_unset = true), ttl: nil)
       config = MegaMutex.configuration
       @id = id
-      @key = Key.for(config.namespace, id)
+      @key = Key.cached(config.namespace, id)
       @timeout = timeout_unset ? config.default_timeout : Configuration.timeout_value(timeout, :timeout)
       @ttl = ttl.nil? ? config.lock_ttl : Configuration.ttl_value(ttl, :ttl)
       @config = config
@@ -180,6 +184,8 @@ module MegaMutex
       @hold = nil
       @taking = nil
       @depth = 0
+      @pin = false
+      @pinned = nil
     end
 
     # @!method lock(timeout: @timeout)
@@ -225,38 +231,9 @@ module MegaMutex
     #   false if it was not held, or was found lost (expired or taken over)
     def unlock
       hold = @hold
-      return false if hold.nil? || hold.pid != Process.pid
+      return false if hold.nil? || hold.pid != MegaMutex.pid
 
-      Thread.handle_interrupt(DEFER) do
-        @depth -= 1
-        @hold = nil if @depth.zero?
-        hold.depth -= 1
-        next true if hold.depth.positive?
-
-        Lock.holds(hold.thread).delete(hold.key)
-        Renewer.current.remove(hold)
-        released = begin
-          hold.pool.with { |client| client._release(hold.key, hold.token, hold.version) }
-        rescue ConnectionError, ServerError
-          # Unreachable, or refused (a full -M server): removed by the
-          # renewer once the server answers and accepts it again.
-          Renewer.current.release_later(hold)
-          raise
-        end
-        if released
-          log(:debug) do
-            "released #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms " \
-              "after waiting #{(hold.waited * 1000).round(1)} ms (#{hold.attempts} attempt#{'s' unless hold.attempts == 1})"
-          end
-        else
-          hold.lose!("it was gone or held by someone else at release (expired, evicted, flushed or server restarted)")
-        end
-        if Instrumentation.listening?(Instrumentation::RELEASE)
-          Instrumentation.instrument(Instrumentation::RELEASE,
-                                     { id: hold.id, key: hold.key, held: hold.held, lost: hold.lost? }, @config.logger)
-        end
-        released && !hold.lost?
-      end
+      Thread.handle_interrupt(DEFER) { unlock!(hold) }
     end
 
     # @return [Boolean] true once this lock's lease was found lost while held
@@ -268,7 +245,7 @@ module MegaMutex
 
     # @return [Boolean] true while this Lock object holds the lock
     def owned?
-      !@hold.nil? && @hold.pid == Process.pid && @depth.positive?
+      !@hold.nil? && @hold.pid == MegaMutex.pid && @depth.positive?
     end
 
     # Asks memcached whether anyone holds this lock.
@@ -288,21 +265,28 @@ module MegaMutex
     # @yieldparam lock [Lock] this lock (blocks that take no argument work too)
     # @return the block's value
     # @raise [TimeoutError] when not obtained in time
-    def synchronize(timeout: @timeout, &block)
+    def synchronize(timeout: (timeout_unset = true), &block)
       raise ArgumentError, "synchronize needs a block" unless block
 
-      timeout = Configuration.timeout_value(timeout, :timeout)
+      timeout = Configuration.timeout_value(timeout, :timeout) unless timeout_unset
       depth_before = @depth
       finished = false
       begin
-        lock(timeout: timeout)
+        # A lock taken here keeps the client it was taken on until the
+        # release below: one round trip, not two (see #acquire).
+        @pin = true
+        # Without a keyword, lock makes no Hash for its arguments.
+        timeout_unset ? lock : lock(timeout: timeout)
+        @pin = false
         result = block.arity.zero? ? block.call : block.call(self)
         finished = true
         result
       ensure
+        @pin = false
         # @depth grows only once the lock is ours, even when an interrupt cut
         # lock() short right after: release exactly what this call took, with
-        # interrupts deferred so the release itself is never cut short.
+        # interrupts deferred so the release itself is never cut short. This
+        # is the cycle's one interrupt mask.
         Thread.handle_interrupt(DEFER) { release_after_block(finished) } if @depth > depth_before
       end
     end
@@ -317,33 +301,68 @@ module MegaMutex
     # @return [Hash{String => Hold}]
     def self.holds(thread = Thread.current)
       registry = thread.thread_variable_get(:mega_mutex_holds)
-      if registry.nil? || registry[:pid] != Process.pid
-        registry = { pid: Process.pid, holds: {} }
+      if registry.nil? || registry[:pid] != MegaMutex.pid
+        registry = { pid: MegaMutex.pid, holds: {} }
         thread.thread_variable_set(:mega_mutex_holds, registry)
       end
       registry[:holds]
     end
 
-    # A fresh owner token: host, pid and 64 random bits, printable ASCII.
+    HOST = Socket.gethostname.to_s.b.gsub(/[^\x21-\x7e]/n, "_")[0, 64].then { |h| h.empty? ? "host" : h }.freeze
+    private_constant :HOST
+    # Lower-case hex digits, as codepoints (appended to a String without a new object).
+    HEX = "0123456789abcdef".bytes.freeze
+    private_constant :HEX
+    # 2**32: each half of a token's 64 random bits is drawn below it (a Fixnum, not a Bignum).
+    HALF = 1 << 32
+    private_constant :HALF
+
+    # A fresh owner token: host, pid and 64 random bits as 16 hex digits,
+    # printable ASCII - one String. The bits come from a generator of this
+    # process's own, seeded from the system's (Random.new) and seeded again
+    # in a forked child, so that a child never repeats its parent's tokens
+    # (nor does srand in the application touch them).
     # @api private
     # @return [String]
     def self.new_token
-      "#{HOST}:#{Process.pid}:#{SecureRandom.hex(8)}"
+      prefix, random = @token_source
+      token = prefix.dup
+      append_hex(token, random.rand(HALF))
+      append_hex(token, random.rand(HALF))
     end
 
-    HOST = Socket.gethostname.to_s.b.gsub(/[^\x21-\x7e]/n, "_")[0, 64].then { |h| h.empty? ? "host" : h }.freeze
-    private_constant :HOST
+    # Appends the 8 hex digits of a 32-bit number.
+    def self.append_hex(str, n)
+      shift = 28
+      while shift >= 0
+        str << HEX[(n >> shift) & 15]
+        shift -= 4
+      end
+      str
+    end
+    private_class_method :append_hex
+
+    # In a forked child (MegaMutex.forked!): the token's pid and random
+    # source start again.
+    # @api private
+    # @param pid [Integer] this process's
+    # @return [void]
+    def self.forked!(pid = MegaMutex.pid)
+      @token_source = ["#{HOST}:#{pid}:".b.freeze, Random.new].freeze
+    end
+    forked!(Process.pid)
 
     private
 
     # Undoes what an interrupted {#lock} or {#try_lock} took, so that a call
     # that raises leaves nothing held: an interrupt (Timeout, Thread#raise,
     # Ctrl-C) or an error that came after the server granted the lock but
-    # before the call returned. A registered hold is given back through
-    # {#unlock} (a nested one only loses its level); a grant the interrupt
-    # kept from being registered is released on the server. A failed release
-    # is handed to the renewer's clean-up and must not hide the interrupt.
-    # Called from ext/mega_mutex/lock_entry.c when the body did not return.
+    # before the call returned. A grant of this call is undone however far
+    # its registration got ({#register} runs under the caller's interrupt
+    # mask, not a mask of its own); a reentrant take only loses its level. A
+    # failed release is handed to the renewer's clean-up and must not hide
+    # the interrupt. Called from ext/mega_mutex/lock_entry.c when the body
+    # did not return.
     # @param depth [Integer] @depth before the call
     def _undo_take(depth)
       Thread.handle_interrupt(DEFER) { undo_take!(depth) }
@@ -352,10 +371,11 @@ module MegaMutex
     def undo_take!(depth)
       taking = @taking
       @taking = nil
-      if @depth > depth
-        unlock
-      elsif taking&.version && !Lock.holds(taking.thread)[taking.key].equal?(taking)
-        release_unregistered(taking)
+      @pin = false
+      if taking&.version
+        undo_grant(taking, depth)
+      elsif @depth > depth
+        unlock!(@hold) # a reentrant take, adopted in full (#adopt runs masked)
       elsif taking&.outcome_unknown
         Renewer.current.release_later(taking) # the add went out: it may have landed
       end
@@ -363,8 +383,64 @@ module MegaMutex
       log(:warn) { "could not release #{@key} after an interrupted take: #{e.message}" }
     end
 
-    def release_unregistered(hold)
-      @pool.with { |client| client._release(hold.key, hold.token, hold.version) }
+    # Takes back a grant whose registration an interrupt or an error cut
+    # short, at any point of {#register}: out of the thread's registry and
+    # this Lock, out of the renewer, then off the server (on the client it
+    # was taken on, if kept).
+    def undo_grant(hold, depth)
+      holds = Lock.holds(hold.thread)
+      holds.delete(hold.key) if holds[hold.key].equal?(hold)
+      hold.depth = 0 # a fresh hold: nobody else adopted it yet
+      @depth = depth
+      @hold = nil if @hold.equal?(hold)
+      @pinned = nil if @pinned.equal?(hold)
+      Renewer.current.remove(hold)
+      release_on_server(hold)
+    end
+
+    # The release proper (see {#unlock}); runs with interrupts deferred.
+    # @return [Boolean]
+    def unlock!(hold)
+      @depth -= 1
+      @hold = nil if @depth.zero?
+      hold.depth -= 1
+      return true if hold.depth.positive?
+
+      Lock.holds(hold.thread).delete(hold.key)
+      Renewer.current.remove(hold)
+      released = release_on_server(hold)
+      if released
+        log(:debug) do
+          "released #{hold.key} (lock_id: #{hold.token}), held #{(hold.held * 1000).round(1)} ms " \
+            "after waiting #{(hold.waited * 1000).round(1)} ms (#{hold.attempts} attempt#{'s' unless hold.attempts == 1})"
+        end
+      else
+        hold.lose!("it was gone or held by someone else at release (expired, evicted, flushed or server restarted)")
+      end
+      if Instrumentation.listening?(Instrumentation::RELEASE)
+        Instrumentation.instrument(Instrumentation::RELEASE,
+                                   { id: hold.id, key: hold.key, held: hold.held, lost: hold.lost? }, @config.logger)
+      end
+      released && !hold.lost?
+    end
+
+    # Removes `hold` from the server: on the client it was taken on when a
+    # block kept it (one round trip: its version is known to that
+    # connection), which then goes back to the pool; else on any client of
+    # the pool. A release that fails (unreachable, or refused by a full -M
+    # server) is handed to the renewer, which removes the lock once the
+    # server answers and accepts it again.
+    # @return [Boolean] true if removed, false if it was not ours any more
+    def release_on_server(hold)
+      client = hold.client
+      return hold.pool.with { |c| c._release(hold.key, hold.token, hold.version) } if client.nil?
+
+      begin
+        client._release(hold.key, hold.token, hold.version)
+      ensure
+        hold.client = nil
+        hold.pool.checkin(client)
+      end
     rescue ConnectionError, ServerError
       Renewer.current.release_later(hold)
       raise
@@ -374,28 +450,50 @@ module MegaMutex
     def acquire(timeout)
       holds = Lock.holds
       if (hold = holds[@key])
-        Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
-        return true
+        # The real pid, on this rare path only: a process forked from C
+        # (outside Process._fork and Process.daemon) must never adopt a hold
+        # of its parent's, which would let two holders in.
+        if hold.pid == Process.pid
+          Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
+          return true
+        end
+
+        MegaMutex.forked!
+        holds = Lock.holds
       end
 
-      hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
-      @taking = hold # undone by _undo_take if an interrupt lands before it is registered
+      # Taken by a block (#synchronize): the client stays with the hold until
+      # the release, which is then one round trip on the connection that
+      # knows the lock's version. Read once: a nested take does not pin.
+      pin = @pin
+      @pin = false
+      client = @pool.checkout
+      hold = nil
       begin
+        hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
+        @taking = hold # undone by _undo_take if anything cuts this call short from here
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
         # Ctrl-C end the wait unless the caller deferred them. C sets
         # hold.version the moment the lock is ours, before any interrupt can
         # land; one landing after that is handled by _undo_take.
-        @pool.with do |client|
-          granted = client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
+        if client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
           # A memcached lease is renewed by the C renewer's lane for its server.
-          hold.server = client._server_for(@key) if granted && !@memory
+          hold.server = @pool.server_for(client, @key) unless @memory
+          if pin && !@memory # the memory store has no connection to keep
+            hold.client = client
+            @pinned = hold
+          end
         end
       rescue ConnectionError, ServerError
-        Renewer.current.release_later(hold) # its add may have landed, or still land
+        Renewer.current.release_later(hold) if hold # its add may have landed, or still land
         raise
+      ensure
+        # Back to the pool unless the hold keeps it: one or the other, at any
+        # point an interrupt may land.
+        @pool.checkin(client) unless hold&.client.equal?(client)
       end
       taken = !hold.version.nil?
-      Thread.handle_interrupt(DEFER) { register(holds, hold) } if taken
+      register(holds, hold) if taken
       @taking = nil
       if taken
         if Instrumentation.listening?(Instrumentation::ACQUIRE)
@@ -413,6 +511,9 @@ module MegaMutex
     end
 
     # Records a granted take: this thread's registry, this Lock, the renewer.
+    # Not under an interrupt mask of its own (one Thread.handle_interrupt
+    # per cycle is the release's): an interrupt or an error at any point of
+    # it leaves @taking set, and #undo_grant takes back whatever was done.
     def register(holds, hold)
       hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       hold.valid_until = hold.locked_at + hold.ttl
@@ -430,13 +531,15 @@ module MegaMutex
 
     # Unlock after the block; a release error must not hide the block's own.
     # A lease lost while the block ran raises LockLostError once the block has
-    # finished (or is only logged, with config.on_lock_lost = :log).
+    # finished (or is only logged, with config.on_lock_lost = :log). Runs with
+    # interrupts deferred (#synchronize).
     def release_after_block(finished)
       hold = @hold
-      unlock
-      return unless finished && @depth.zero? && hold&.lost? && @config.on_lock_lost == :raise
-
-      raise LockLostError.new(id: @id, reason: hold.lost_reason)
+      unlock!(hold) unless hold.nil? || hold.pid != MegaMutex.pid
+      # No early `return`: one through this method's `ensure` costs an object.
+      if finished && @depth.zero? && hold&.lost? && @config.on_lock_lost == :raise
+        raise LockLostError.new(id: @id, reason: hold.lost_reason)
+      end
     rescue LockLostError
       raise
     rescue Error => e
@@ -446,6 +549,23 @@ module MegaMutex
       end
 
       log(:error) { "could not release #{@key} after the block failed: #{e.message}" }
+    ensure
+      unpin if @depth.zero?
+    end
+
+    # The block that pinned a client is over but the lock lives on (another
+    # holder nested in it still holds it): the client goes back to the pool,
+    # and that holder's release takes any.
+    def unpin
+      hold = @pinned
+      return if hold.nil?
+
+      @pinned = nil
+      client = hold.client
+      return if client.nil? # released, and given back already
+
+      hold.client = nil
+      hold.pool.checkin(client)
     end
 
     # Logs the block's message through config.logger. The block is yielded,

@@ -4,7 +4,9 @@ module MegaMutex
   # Connections for one configuration, shared by the threads of one process.
   #
   # A libmemcached handle serves one thread at a time, so each operation
-  # checks a client out and back in. At most {MAX_IDLE} idle clients are
+  # checks a client out and back in ({with}); a lock taken with a block keeps
+  # the client it took on until its release ({checkout}, {checkin}), so the
+  # release is one round trip. At most {MAX_IDLE} idle clients are
   # kept; one given back beyond that is closed at once (its socket and
   # eventfd), not left for the GC. After fork the child drops the parent's
   # clients without closing them (closing would shut down sockets the parent
@@ -20,15 +22,19 @@ module MegaMutex
   class Pool
     # Idle clients kept per process.
     MAX_IDLE = 64
+    # Servers remembered by {server_for}; beyond this the cache starts again.
+    SERVERS_MAX = 1024
 
     # @param config [Configuration] a frozen configuration
     def initialize(config)
       @config = config
       @mutex = Mutex.new
       @idle = []
-      @pid = Process.pid
+      @pid = MegaMutex.pid
       @memory = config.backend == :memory
       @store = nil
+      @servers = {}
+      @closed = false
     end
 
     # Yields a client for the duration of the block.
@@ -45,10 +51,63 @@ module MegaMutex
       end
     end
 
-    # Closes the idle connections (those of this process only).
+    # A client for the caller alone until it gives it back with {checkin}.
+    # @return [Native::Client, MemoryStore]
+    # @raise [ConnectionError] when no client can be made
+    def checkout
+      return memory_store if @memory
+
+      client = @mutex.synchronize do
+        forget_parent_clients
+        @idle.pop
+      end
+      client || open_client
+    end
+
+    # Gives back a client from {checkout}: kept for the next caller, or
+    # closed when MAX_IDLE are idle already. A client of another process (the
+    # parent of a forked child) is neither kept nor closed.
+    # @param client [Native::Client, MemoryStore]
+    # @return [void]
+    def checkin(client)
+      return if @memory
+
+      mine = client.instance_variable_get(:@mega_mutex_pid) == MegaMutex.pid
+      kept = @mutex.synchronize do
+        # After a fork @pid may still be the parent's: the idle list is then
+        # the parent's too, and forgotten at the next checkout.
+        mine && !@closed && @pid == MegaMutex.pid && @idle.size < MAX_IDLE && !client.closed? && @idle.push(client)
+      end
+      # Closed outside the mutex: close says "quit" to the server. A parent's
+      # client is left alone (its handle frees itself without I/O).
+      client.close if !kept && mine && !client.closed?
+      nil
+    end
+
+    # The server that keeps `key` ([host, port]; port 0: a unix socket),
+    # computed by `client` once per key and remembered: the servers of a
+    # pool never change.
+    # @param client [Native::Client] a client of this pool, checked out
+    # @param key [String] a memcached key
+    # @return [Array(String, Integer)] frozen
+    def server_for(client, key)
+      server = @servers[key]
+      return server if server
+
+      server = client._server_for(key).freeze
+      @servers.clear if @servers.size >= SERVERS_MAX
+      @servers[key] = server
+    end
+
+    # Closes the idle connections (those of this process only), and each
+    # client given back from now on (a lock taken before a configure and
+    # released after it gives its client back to the pool it came from).
     # @return [void]
     def close
-      clients = @mutex.synchronize { take_all }
+      clients = @mutex.synchronize do
+        @closed = true # a client given back later (a lock held across configure) is closed then
+        take_all
+      end
       clients.each { |c| c.close unless c.closed? }
     end
 
@@ -66,31 +125,11 @@ module MegaMutex
       end
     end
 
-    def checkout
-      client = @mutex.synchronize do
-        forget_parent_clients
-        @idle.pop
-      end
-      client || open_client
-    end
-
-    def checkin(client)
-      mine = client.instance_variable_get(:@mega_mutex_pid) == Process.pid
-      kept = @mutex.synchronize do
-        # After a fork @pid may still be the parent's: the idle list is then
-        # the parent's too, and forgotten at the next checkout.
-        mine && @pid == Process.pid && @idle.size < MAX_IDLE && !client.closed? && @idle.push(client)
-      end
-      # Closed outside the mutex: close says "quit" to the server. A parent's
-      # client is left alone (its handle frees itself without I/O).
-      client.close if !kept && mine && !client.closed?
-    end
-
     def forget_parent_clients
-      return if @pid == Process.pid
+      return if @pid == MegaMutex.pid
 
       @idle = [] # their handles free themselves without touching the sockets
-      @pid = Process.pid
+      @pid = MegaMutex.pid
     end
 
     def take_all
@@ -103,13 +142,17 @@ module MegaMutex
     end
 
     def open_client
+      # Seldom (a new connection): the place to notice a fork that neither
+      # Process._fork nor Process.daemon made (one from C), so that no
+      # connection is ever used by a process that takes itself for its parent.
+      MegaMutex.forked! if MegaMutex.pid != Process.pid
       client = Native::Client.new(
         @config.server_addresses,
         (@config.connect_timeout * 1000).ceil,
         (@config.io_timeout * 1000).ceil,
         1
       )
-      client.instance_variable_set(:@mega_mutex_pid, Process.pid)
+      client.instance_variable_set(:@mega_mutex_pid, MegaMutex.pid)
       client
     rescue SystemCallError => e
       # Nothing was sent: no lock can have been taken.

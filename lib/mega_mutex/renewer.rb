@@ -43,11 +43,11 @@ module MegaMutex
       # @return [Renewer] this process's renewer
       def current
         r = @current
-        return r if r && r.pid == Process.pid
+        return r if r && r.pid == MegaMutex.pid
 
         @create_mutex ||= Mutex.new
         @create_mutex.synchronize do
-          @current = new if @current.nil? || @current.pid != Process.pid
+          @current = new if @current.nil? || @current.pid != MegaMutex.pid
           @current
         end
       end
@@ -87,7 +87,7 @@ module MegaMutex
     attr_reader :pid
 
     def initialize
-      @pid = Process.pid
+      @pid = MegaMutex.pid
       @mutex = Mutex.new
       @wakeup = ConditionVariable.new
       @due = {}     # Lock::Hold => when to look at it next (its lease's end while a lane has it)
