@@ -28,12 +28,16 @@
 RSpec.describe "the hot path" do
   max_per_cycle = 8
   max_per_cycle_new_id = 11
+  slack = 0.05
 
-  let(:cycles) { 500 }
+  let(:cycles) { 200 }
 
-  # Objects allocated per cycle: the lowest of three runs of `cycles` calls
-  # of the block, after a warm-up.
-  def per_cycle(runs: 3)
+  # Objects allocated per cycle: the lowest of five runs of `cycles` calls
+  # of the block, after a warm-up. Other threads (a renewer's scheduler
+  # ticking, left by an earlier example) may add a few objects to a run:
+  # `slack` (a twentieth of an object per cycle) absorbs that, while one
+  # object more per cycle still fails.
+  def per_cycle(runs: 5)
     20.times { |i| yield i } # connections open, renewer started, caches filled
     Array.new(runs) do |run|
       before = GC.stat(:total_allocated_objects)
@@ -44,19 +48,31 @@ RSpec.describe "the hot path" do
 
   it "an uncontended cycle on memcached allocates at most #{max_per_cycle} objects (target 4)" do
     figure = per_cycle { MegaMutex.with_distributed_mutex("hot") { nil } }
-    expect(figure).to be <= max_per_cycle
+    expect(figure).to be <= max_per_cycle + slack
     expect(MegaMutex.get_current_lock("hot")).to be_nil
   end
 
   it "a new id every cycle allocates at most #{max_per_cycle_new_id} objects (key and server looked up once)" do
-    ids = Array.new(4 * cycles) { |i| "fresh-#{i}".freeze }
+    ids = Array.new(6 * cycles) { |i| "fresh-#{i}".freeze }
     figure = per_cycle { |i| MegaMutex.with_distributed_mutex(ids[i]) { nil } }
-    expect(figure).to be <= max_per_cycle_new_id
+    expect(figure).to be <= max_per_cycle_new_id + slack
   end
 
   it "the same cycle through Lock#synchronize, with the lock yielded, costs no more" do
     figure = per_cycle { MegaMutex::Lock.new("hot").synchronize { |lock| lock } }
-    expect(figure).to be <= max_per_cycle
+    expect(figure).to be <= max_per_cycle + slack
+  end
+
+  it "instrumentation and logging allocate nothing when nobody listens (ActiveSupport loaded, a logger above debug)" do
+    require "active_support"
+    require "active_support/notifications"
+    require "logger"
+    other = ActiveSupport::Notifications.subscribe("other.event") { nil }
+    MegaMutex.configure { |c| c.logger = Logger.new(IO::NULL, level: :info) }
+    figure = per_cycle { MegaMutex.with_distributed_mutex("hot") { nil } }
+    expect(figure).to be <= max_per_cycle + slack
+  ensure
+    ActiveSupport::Notifications.unsubscribe(other) if other
   end
 
   it "keeps nothing per cycle: the live objects do not grow with the cycles" do
@@ -72,7 +88,10 @@ RSpec.describe "the hot path" do
 
   it "caches the pid: the cycle makes no getpid system call from Ruby" do
     calls = 0
-    hook = TracePoint.new(:c_call) { |tp| calls += 1 if tp.method_id == :pid && tp.defined_class == Process.singleton_class }
+    me = Thread.current # other threads' calls are not the cycle's
+    hook = TracePoint.new(:c_call) do |tp|
+      calls += 1 if Thread.current == me && tp.method_id == :pid && tp.defined_class == Process.singleton_class
+    end
     MegaMutex.with_distributed_mutex("hot") { nil }
     hook.enable { 20.times { MegaMutex.with_distributed_mutex("hot") { nil } } }
     expect(calls).to eq(0)
@@ -80,8 +99,9 @@ RSpec.describe "the hot path" do
 
   it "one interrupt mask per cycle (Thread.handle_interrupt once)" do
     calls = 0
+    me = Thread.current
     hook = TracePoint.new(:c_call) do |tp|
-      calls += 1 if tp.method_id == :handle_interrupt && tp.defined_class == Thread.singleton_class
+      calls += 1 if Thread.current == me && tp.method_id == :handle_interrupt && tp.defined_class == Thread.singleton_class
     end
     MegaMutex.with_distributed_mutex("hot") { nil }
     hook.enable { 20.times { MegaMutex.with_distributed_mutex("hot") { nil } } }

@@ -310,8 +310,9 @@ module MegaMutex
 
     HOST = Socket.gethostname.to_s.b.gsub(/[^\x21-\x7e]/n, "_")[0, 64].then { |h| h.empty? ? "host" : h }.freeze
     private_constant :HOST
-    # Lower-case hex digits, as codepoints (appended to a String without a new object).
-    HEX = "0123456789abcdef".bytes.freeze
+    # The two hex digits of each byte value, frozen: appended to a String,
+    # they make no new object.
+    HEX = Array.new(256) { |byte| format("%02x", byte).freeze }.freeze
     private_constant :HEX
     # 2**32: each half of a token's 64 random bits is drawn below it (a Fixnum, not a Bignum).
     HALF = 1 << 32
@@ -326,21 +327,11 @@ module MegaMutex
     # @return [String]
     def self.new_token
       prefix, random = @token_source
-      token = prefix.dup
-      append_hex(token, random.rand(HALF))
-      append_hex(token, random.rand(HALF))
+      high = random.rand(HALF)
+      low = random.rand(HALF)
+      prefix.dup << HEX[high >> 24] << HEX[(high >> 16) & 255] << HEX[(high >> 8) & 255] << HEX[high & 255] <<
+        HEX[low >> 24] << HEX[(low >> 16) & 255] << HEX[(low >> 8) & 255] << HEX[low & 255]
     end
-
-    # Appends the 8 hex digits of a 32-bit number.
-    def self.append_hex(str, n)
-      shift = 28
-      while shift >= 0
-        str << HEX[(n >> shift) & 15]
-        shift -= 4
-      end
-      str
-    end
-    private_class_method :append_hex
 
     # In a forked child (MegaMutex.forked!): the token's pid and random
     # source start again.
@@ -486,6 +477,12 @@ module MegaMutex
         end
       rescue ConnectionError, ServerError
         Renewer.current.release_later(hold) if hold # its add may have landed, or still land
+        raise
+      rescue Error
+        # A client of the parent, refused by the extension before any I/O: a
+        # fork nobody told us of (made from C). Seen now, so the next call
+        # opens connections of this process's own.
+        MegaMutex.forked! if MegaMutex.pid != Process.pid
         raise
       ensure
         # Back to the pool unless the hold keeps it: one or the other, at any
