@@ -470,7 +470,7 @@ module MegaMutex
         if client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
           # A memcached lease is renewed by the C renewer's lane for its server.
           hold.server = @pool.server_for(client, @key) unless @memory
-          if pin && !@memory # the memory store has no connection to keep
+          if pin
             hold.client = client
             @pinned = hold
           end

@@ -16,8 +16,10 @@ module MegaMutex
   # A client that cannot be made because the process is out of file
   # descriptors or memory raises {ConnectionError} naming the cause.
   #
-  # With `config.backend = :memory` it hands out a {MemoryStore} instead (one
-  # per pool, thread-safe; autoloaded on first use), and opens no connection.
+  # With `config.backend = :memory` its clients are clients of this
+  # process's memory store ({MemoryStore}, autoloaded on first use:
+  # Native::Client.memory), checked out and in like connections, and no
+  # connection is opened.
   # @api private
   class Pool
     # Idle clients kept per process.
@@ -32,17 +34,14 @@ module MegaMutex
       @idle = []
       @pid = MegaMutex.pid
       @memory = config.backend == :memory
-      @store = nil
       @servers = {}
       @closed = false
     end
 
     # Yields a client for the duration of the block.
-    # @yieldparam client [Native::Client, MemoryStore]
+    # @yieldparam client [Native::Client]
     # @return the block's value
     def with
-      return yield(memory_store) if @memory
-
       client = checkout
       begin
         yield client
@@ -52,11 +51,9 @@ module MegaMutex
     end
 
     # A client for the caller alone until it gives it back with {checkin}.
-    # @return [Native::Client, MemoryStore]
+    # @return [Native::Client]
     # @raise [ConnectionError] when no client can be made
     def checkout
-      return memory_store if @memory
-
       client = @mutex.synchronize do
         forget_parent_clients
         @idle.pop
@@ -67,11 +64,9 @@ module MegaMutex
     # Gives back a client from {checkout}: kept for the next caller, or
     # closed when MAX_IDLE are idle already. A client of another process (the
     # parent of a forked child) is neither kept nor closed.
-    # @param client [Native::Client, MemoryStore]
+    # @param client [Native::Client]
     # @return [void]
     def checkin(client)
-      return if @memory
-
       mine = client.instance_variable_get(:@mega_mutex_pid) == MegaMutex.pid
       kept = @mutex.synchronize do
         # After a fork @pid may still be the parent's: the idle list is then
@@ -113,18 +108,6 @@ module MegaMutex
 
     private
 
-    # The memory backend's store; a closed one is replaced, as a closed
-    # pool opens new connections when used again.
-    def memory_store
-      store = @store
-      return store if store && !store.closed?
-
-      @mutex.synchronize do
-        @store = MemoryStore.new if @store.nil? || @store.closed?
-        @store
-      end
-    end
-
     def forget_parent_clients
       return if @pid == MegaMutex.pid
 
@@ -136,8 +119,6 @@ module MegaMutex
       forget_parent_clients
       clients = @idle
       @idle = []
-      clients << @store if @store
-      @store = nil
       clients
     end
 
@@ -146,12 +127,16 @@ module MegaMutex
       # Process._fork nor Process.daemon made (one from C), so that no
       # connection is ever used by a process that takes itself for its parent.
       MegaMutex.forked! if MegaMutex.pid != Process.pid
-      client = Native::Client.new(
-        @config.server_addresses,
-        (@config.connect_timeout * 1000).ceil,
-        (@config.io_timeout * 1000).ceil,
-        1
-      )
+      client = if @memory
+                 MemoryStore.new # a client of this process's memory store
+               else
+                 Native::Client.new(
+                   @config.server_addresses,
+                   (@config.connect_timeout * 1000).ceil,
+                   (@config.io_timeout * 1000).ceil,
+                   1
+                 )
+               end
       client.instance_variable_set(:@mega_mutex_pid, MegaMutex.pid)
       client
     rescue SystemCallError => e
