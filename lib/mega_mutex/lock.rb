@@ -260,7 +260,10 @@ module MegaMutex
     end
 
     # Runs the block holding the lock, and releases it when the block exits,
-    # whether normally or by an exception.
+    # whether normally or by an exception. The connection the lock was taken
+    # on stays with it while the block runs, and the release goes through it
+    # (one round trip, whatever other threads do meanwhile); one connection
+    # per block being run, then, back to the pool at the release.
     # @param timeout [Numeric, nil] overrides the lock's timeout
     # @yieldparam lock [Lock] this lock (blocks that take no argument work too)
     # @return the block's value
