@@ -68,6 +68,47 @@ RSpec.describe "leases" do
     r&.close
   end
 
+  describe "a holder that exits gracefully" do
+    # A child takes locks it never gives back itself (Lock#lock, and a thread
+    # that never unwinds), then ends as `how` says; with the default lock_ttl
+    # the lease would keep them 32 s.
+    def exit_holding(how)
+      env = { "MEMCACHE_SERVERS" => memcached.address, "MM_NAMESPACE" => @namespace }
+      script = <<~RUBY
+        $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect}); require 'mega_mutex'
+        MegaMutex.configure { |c| c.namespace = ENV['MM_NAMESPACE'] }
+        $stdout.sync = true
+        MegaMutex::Lock.new('left-by-lock').lock
+        Thread.new { MegaMutex::Lock.new('left-by-thread').lock; sleep }
+        sleep 0.01 until MegaMutex.get_current_lock('left-by-thread')
+        puts 'HOLDING'
+        #{how}
+      RUBY
+      r, w = IO.pipe
+      pid = Process.spawn(env, RbConfig.ruby, "-e", script, out: w)
+      w.close
+      expect(r.gets).to eq("HOLDING\n")
+      yield pid if block_given?
+      Process.wait(pid)
+      # Right away, not after the lease: the exit gave them back.
+      expect(%w[left-by-lock left-by-thread].map { |id| MegaMutex.get_current_lock(id) }).to eq([nil, nil])
+    ensure
+      r&.close
+    end
+
+    it "gives back what it holds when the script ends" do
+      exit_holding("nil")
+    end
+
+    it "gives back what it holds on an uncaught exception" do
+      exit_holding("raise 'boom'")
+    end
+
+    it "gives back what it holds on SIGTERM (Ruby's default handler)" do
+      exit_holding("sleep") { |pid| Process.kill(:TERM, pid) }
+    end
+  end
+
   describe "a lease lost while the block runs" do
     let(:log) { StringIO.new }
 

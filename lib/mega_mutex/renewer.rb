@@ -40,6 +40,21 @@ module MegaMutex
               "or renewals fell behind): another process may have taken it"
 
     class << self
+      # Releases what this process still holds when it exits gracefully
+      # (`exit`, the end of the script, an uncaught exception, SIGTERM's
+      # default), instead of leaving it to the lease: locks taken with
+      # Lock#lock and never unlocked, and those of threads that did not
+      # unwind. Registered with at_exit when this file loads, so the
+      # application's own at_exit blocks run first. `kill -9` still relies on
+      # the lease.
+      # @return [void]
+      def release_at_exit
+        r = @current
+        r.release_all if r && r.pid == MegaMutex.pid && r.pid == Process.pid
+      rescue Exception # rubocop:disable Lint/RescueException -- never fail an exit
+        nil
+      end
+
       # @return [Renewer] this process's renewer
       def current
         r = @current
@@ -129,6 +144,26 @@ module MegaMutex
         # The scheduler wakes at @wake_at anyway; a signal (a thread switch
         # on every lock taken) is only needed when that is too late.
         @wakeup.signal if @wake_at.nil? || @wake_at > due
+      end
+    end
+
+    # Gives back every lock this process still holds (see
+    # Renewer.release_at_exit); each release is bounded by io_timeout.
+    # @return [void]
+    def release_all
+      holds = @mutex.synchronize { @leased.values + @due.keys }
+      holds.each do |hold|
+        next unless Lock.holds(hold.thread)[hold.key].equal?(hold) # released meanwhile
+
+        remove(hold)
+        client = hold.client
+        if client
+          client._release(hold.key, hold.token, hold.version)
+        else
+          hold.pool.with { |c| c._release(hold.key, hold.token, hold.version) }
+        end
+      rescue Exception # rubocop:disable Lint/RescueException -- the others still go back
+        nil
       end
     end
 
@@ -352,3 +387,5 @@ module MegaMutex
     end
   end
 end
+
+at_exit { MegaMutex::Renewer.release_at_exit }
