@@ -398,11 +398,13 @@ RSpec.describe "backend :memory" do
 
     it "two thousand Thread#raise at random moments (waiting, taking, inside) leave no lock behind" do
       delivered = Queue.new
+      ready = Queue.new
       landed = Hash.new(0)
       worker = Thread.new do
         # Interrupts are let in only around with_distributed_mutex, so each
         # one lands in a wait, a take, the block or a release: never in here.
         Thread.handle_interrupt(RuntimeError => :never) do
+          ready << true # no storm before this thread is inside the mask
           (1..).each do |i|
             id = i % 3 == 2 ? "held" : "free-#{i % 2}"
             stage = :waiting_or_taking
@@ -425,6 +427,7 @@ RSpec.describe "backend :memory" do
         end
       end
       rng = Random.new(42)
+      ready.pop
       2000.times do
         sleep(rng.rand * 0.0002)
         worker.raise(RuntimeError, "storm")
