@@ -43,10 +43,6 @@ RSpec.describe "the memory store in C" do
 
   context "behind Native::Client.memory" do
     before do
-      unless MegaMutex::MemoryStore::NATIVE
-        skip "the :memory backend still uses the Ruby store: needs Native::Client.memory (client.c) " \
-             "and the pool checking memory clients out (pool.rb)"
-      end
       use_memory
       store.reset!
     end
