@@ -40,8 +40,9 @@
  * Fork. pthread_atfork handlers (registered with the table) hold the
  * table's mutex across fork(), so the child's copy is consistent; in the
  * child they re-initialise the mutex (its owner does not exist there) and
- * forget the parent's waiters (their eventfds are shared with the parent: a
- * write from the child would wake the parent's threads). The child's table
+ * set the parent's waiters aside, reachable but never touched (their
+ * eventfds are shared with the parent: a write from the child would wake
+ * the parent's threads). The child's table
  * is its own from then on. This needs no getpid() per call.
  *
  * No Ruby API in this file. Every pthread return code is checked: a failure
@@ -110,6 +111,7 @@ static size_t g_nbuckets, g_count;
 static uint64_t g_version;
 static int64_t g_offset; /* ns added to CLOCK_MONOTONIC: the table's clock */
 static waiter *g_waiters;
+static waiter *g_inherited; /* a forked child's: the parent's waiters, kept reachable, never touched */
 
 static int64_t mono_ns(void) {
   struct timespec ts;
@@ -145,7 +147,13 @@ static void fork_parent(void) {
  * (errorcheck would refuse our unlock), so it starts afresh. */
 static void fork_child(void) {
   g_fork_locked = 0;
-  g_waiters = NULL; /* the parent's threads: their nodes stay with the parent */
+  if (g_waiters != NULL) { /* the parent's threads: never woken from here */
+    waiter *last = g_waiters;
+    while (last->next != NULL) last = last->next;
+    last->next = g_inherited;
+    g_inherited = g_waiters;
+    g_waiters = NULL;
+  }
   pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
   g_mutex = fresh;
   g_broken = mutex_setup();
