@@ -5,10 +5,8 @@
  *   Lease.start(host, port, connect_ms, io_ms, key, token, ttl, valid_until) -> Lease
  *   lease.stop                 stop renewing (before the release)
  *   lease.lost_reason          nil while the lease is known good, else why it was lost
- *   lease.valid_until          CLOCK_MONOTONIC seconds until which it is known good
  *   lease.id                   names it in Lease.next_loss
  *   Lease.next_loss(seconds)   [id, reason] of the next lease found lost, or nil after `seconds`
- *   Lease.counts               [renewals done, renewals failed] in this process
  */
 #include <ruby.h>
 #include <ruby/thread.h>
@@ -91,8 +89,6 @@ static VALUE lease_lost_reason(VALUE self) {
   return rb_str_new_cstr(reason);
 }
 
-static VALUE lease_valid_until(VALUE self) { return DBL2NUM(mm_lease_valid_until(get_lease(self))); }
-
 static VALUE lease_id(VALUE self) { return ULL2NUM(mm_lease_id(get_lease(self))); }
 
 typedef struct {
@@ -135,13 +131,6 @@ static VALUE lease_s_next_loss(VALUE klass, VALUE seconds) {
   return rb_assoc_new(ULL2NUM(id), rb_str_new_cstr(reason));
 }
 
-static VALUE lease_s_counts(VALUE klass) {
-  (void) klass;
-  uint64_t renewed, failed;
-  mm_renewer_counts(&renewed, &failed);
-  return rb_assoc_new(ULL2NUM(renewed), ULL2NUM(failed));
-}
-
 void mm_lease_init(VALUE mNative) {
   VALUE mMegaMutex = rb_const_get(rb_cObject, rb_intern("MegaMutex"));
   eError = rb_const_get(mMegaMutex, rb_intern("Error"));
@@ -149,9 +138,7 @@ void mm_lease_init(VALUE mNative) {
   rb_undef_alloc_func(cLease);
   rb_define_singleton_method(cLease, "start", lease_s_start, 8);
   rb_define_singleton_method(cLease, "next_loss", lease_s_next_loss, 1);
-  rb_define_singleton_method(cLease, "counts", lease_s_counts, 0);
   rb_define_method(cLease, "stop", lease_stop, 0);
   rb_define_method(cLease, "lost_reason", lease_lost_reason, 0);
-  rb_define_method(cLease, "valid_until", lease_valid_until, 0);
   rb_define_method(cLease, "id", lease_id, 0);
 }

@@ -73,7 +73,7 @@ static mm_lane *g_lanes;         /* guarded by g_mutex */
 static mm_lane *g_inherited;     /* a parent's lanes: kept reachable, never touched */
 static loss *g_loss_head, *g_loss_tail;
 static int g_loss_fd = -1;
-static uint64_t g_next_id, g_renewed, g_failed; /* __atomic */
+static uint64_t g_next_id; /* __atomic */
 
 static const char *RAN_OUT = "its lease ran out before a renewal got through (the server did not answer in time): "
                              "another process may have taken it";
@@ -165,10 +165,6 @@ int mm_renewer_next_loss(uint64_t *id, char *reason, size_t len) {
   return 1;
 }
 
-void mm_renewer_counts(uint64_t *renewed, uint64_t *failed) {
-  *renewed = __atomic_load_n(&g_renewed, __ATOMIC_RELAXED);
-  *failed = __atomic_load_n(&g_failed, __ATOMIC_RELAXED);
-}
 
 /* ---- leases -------------------------------------------------------------- */
 
@@ -213,14 +209,6 @@ int mm_lease_lost(mm_lease *lease, char *reason, size_t len) {
   return lost;
 }
 
-double mm_lease_valid_until(mm_lease *lease) {
-  if (lease->pid != getpid()) return lease->valid_until; /* a parent's: its lane is not ours to lock */
-  mm_lane *lane = lease->lane;
-  pthread_mutex_lock(&lane->mutex);
-  double v = lease->valid_until;
-  pthread_mutex_unlock(&lane->mutex);
-  return v;
-}
 
 /* ---- lanes ----------------------------------------------------------------- */
 
@@ -253,12 +241,10 @@ static void lane_renew(mm_lane *lane, mm_lease *lease) {
     if (st == MM_OK) {
       lease->valid_until = record.valid_until;
       lease->next_due = mm_monotonic() + lane->store->ops->renew_after(lane->store, lease->ttl);
-      __atomic_add_fetch(&g_renewed, 1, __ATOMIC_RELAXED);
     } else if (st == MM_HELD || st == MM_ABSENT) {
       queue = lease_lose(lease, NOT_FOUND);
     } else {
       lease->next_due = mm_monotonic() + RETRY_SECONDS; /* the server failed: try again soon */
-      __atomic_add_fetch(&g_failed, 1, __ATOMIC_RELAXED);
     }
   }
   pthread_mutex_unlock(&lane->mutex);

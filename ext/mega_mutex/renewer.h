@@ -48,9 +48,6 @@ void mm_lease_stop(mm_lease *lease);
  * is still waiting on the server. */
 int mm_lease_lost(mm_lease *lease, char *reason, size_t len);
 
-/* When the lease is known to end (CLOCK_MONOTONIC seconds). */
-double mm_lease_valid_until(mm_lease *lease);
-
 /* The lease's number, unique in the process: names it in the loss queue. */
 uint64_t mm_lease_id(const mm_lease *lease);
 
@@ -62,8 +59,5 @@ void mm_lease_unref(mm_lease *lease);
  * when the queue is empty). */
 int mm_renewer_loss_fd(void);
 int mm_renewer_next_loss(uint64_t *id, char *reason, size_t len);
-
-/* Renewals done and failed so far in this process (for tests and benches). */
-void mm_renewer_counts(uint64_t *renewed, uint64_t *failed);
 
 #endif
