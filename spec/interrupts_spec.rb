@@ -108,7 +108,12 @@ RSpec.describe "interrupts" do
     end
     expect(interrupted[:contended]).to eq(666) # every wait on a held key was cut short
     expect(interrupted[:free]).to be > 20      # and many take/block/release cycles were too
-    expect(ids.map { |id| MegaMutex.get_current_lock(id) }).to eq([nil, nil])
+    # A take cut short after its add went out, whose reply did not come
+    # within the 20 ms grace (a loaded machine), has an unknown outcome: it
+    # is handed to the clean-up, which removes it as soon as the server
+    # answers (README, "Requests are bounded") - not at once, and never later
+    # than a few RETRY periods. A lock kept for its lease would still fail here.
+    wait_for(within: 3, message: "no lock left on the free keys") { ids.map { |id| MegaMutex.get_current_lock(id) } == [nil, nil] }
     expect(MegaMutex.get_current_lock("contended")).to eq(contended.holder)
     expect(MegaMutex::Lock.holds).to be_empty
     # Every pooled connection still answers correctly.
