@@ -28,6 +28,17 @@ RSpec.describe "clean-up of locks left by failed requests" do
     wait_for(within: 5, message: "the late lock to be removed") { MegaMutex.get_current_lock("late").nil? }
   end
 
+  it "removes one that lands late also when the scheduler has parked (no lock taken for a while)" do
+    # With IDLE_PARK 0 the scheduler sleeps until signalled as soon as nothing
+    # is due: the lane's "look again in a moment" must wake it.
+    stub_const("MegaMutex::Renewer::IDLE_PARK", 0.0)
+    MegaMutex::Renewer.current.release_later(hold_for("parked", "tok-parked"))
+    deadline = monotonic + 1.5
+    sleep 0.05 while monotonic < deadline
+    store("parked", "tok-parked")
+    wait_for(within: 5, message: "the late lock to be removed") { MegaMutex.get_current_lock("parked").nil? }
+  end
+
   it "leaves someone else's lock alone" do
     store("other", "tok-someone-else")
     MegaMutex::Renewer.current.release_later(hold_for("other", "tok-mine"))

@@ -141,10 +141,15 @@ module MegaMutex
         due = @active_at + hold.ttl / 3.0
         @due[hold] = due
         start_thread
-        # The scheduler wakes at @wake_at anyway; a signal (a thread switch
-        # on every lock taken) is only needed when that is too late.
-        @wakeup.signal if @wake_at.nil? || @wake_at > due
+        wake_by(due)
       end
+    end
+
+    # Under @mutex: makes sure the scheduler looks again by `at`. It wakes at
+    # @wake_at anyway; a signal (a thread switch on every lock taken) is only
+    # needed when that is too late - or never, once it has parked.
+    def wake_by(at)
+      @wakeup.signal if @wake_at.nil? || @wake_at > at
     end
 
     # Gives back every lock this process still holds (see
@@ -192,9 +197,9 @@ module MegaMutex
       hold.log(:error, "renewer: #{kind} of #{hold.key} failed: #{e.class}: #{e.message}")
       @mutex.synchronize do
         if kind == :renew
-          @due[hold] = now + RETRY if @due.key?(hold)
+          wake_by(@due[hold] = now + RETRY) if @due.key?(hold)
         elsif (entry = @orphans[hold])
-          entry[0] = now + RETRY
+          wake_by(entry[0] = now + RETRY)
         end
       end
     end
@@ -354,12 +359,13 @@ module MegaMutex
           @orphans.delete(hold)
         else
           @orphans[hold] = [now + (now > answered + 1 ? 1.0 : RETRY), answered, give_up]
+          wake_by(@orphans[hold][0])
         end
       end
     rescue Error
       @mutex.synchronize do
         entry = @orphans[hold]
-        if entry.nil? || now > entry[2] then @orphans.delete(hold) else entry[0] = now + RETRY end
+        if entry.nil? || now > entry[2] then @orphans.delete(hold) else wake_by(entry[0] = now + RETRY) end
       end
     end
 
@@ -371,7 +377,7 @@ module MegaMutex
 
         if still_ours
           hold.valid_until = started + hold.ttl
-          @due[hold] = now + hold.ttl / 3.0
+          wake_by(@due[hold] = now + hold.ttl / 3.0)
           false
         else
           @due.delete(hold)
@@ -383,7 +389,7 @@ module MegaMutex
       hold.lose!("its lease was not found when renewing (expired, evicted, flushed or server restarted)") if lost
     rescue Error => e
       hold.log(:warn, "could not renew #{hold.key}: #{e.message}")
-      @mutex.synchronize { @due[hold] = now + RETRY if @due.key?(hold) }
+      @mutex.synchronize { wake_by(@due[hold] = now + RETRY) if @due.key?(hold) }
     end
   end
 end
