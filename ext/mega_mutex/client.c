@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "lock.h"
 #include "mega_mutex.h"
 #include "store.h"
@@ -23,7 +24,7 @@
 
 static VALUE cClient;
 static VALUE eError, eConnectionError, eServerError;
-static ID id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown;
+static ID id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown, id_iv_fencing_token;
 
 typedef struct {
   mm_store *store;
@@ -213,18 +214,28 @@ static VALUE client_initialize(VALUE self, VALUE servers, VALUE connect_ms, VALU
   return self;
 }
 
+/* A new Client (of `klass`) over `store`, which it now owns: the door for
+ * each store's constructor (Client.memory here, Client.mysql in
+ * mariadb_glue.c, Client.quorum in quorum_glue.c). */
+VALUE mm_client_wrap(VALUE klass, mm_store *store) {
+  VALUE self;
+  mm_client *c;
+  self = TypedData_Make_Struct(klass, mm_client, &client_type, c);
+  c->store = NULL;
+  c->waker.fd = -1;
+  c->in_use = 0;
+  client_attach(c, store);
+  return self;
+}
+
 /* Client.memory -> a client over the memory store (store_memory.c): this
  * process's table, for test suites (config.backend = :memory). The same
  * lock loop, waits and interrupts as for memcached. */
 static VALUE client_s_memory(VALUE klass) {
-  VALUE self = client_alloc(klass);
-  mm_client *c;
-  TypedData_Get_Struct(self, mm_client, &client_type, c);
   char err[MM_ERROR_MAX];
   mm_store *store = mm_memory_store_new(err, sizeof err);
   if (store == NULL) rb_raise(eError, "%s", err);
-  client_attach(c, store);
-  return self;
+  return mm_client_wrap(klass, store);
 }
 
 /* ---- _acquire ------------------------------------------------------------ */
@@ -312,6 +323,9 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
   switch (a.status) {
   case MM_OK:
     rb_ivar_set(state, id_iv_version, pack_lease(&a.lease));
+    /* Only stores with MM_CAP_FENCING give one (an Integer: no allocation
+     * below 2**62). */
+    if (a.lease.fencing_token) rb_ivar_set(state, id_iv_fencing_token, ULL2NUM(a.lease.fencing_token));
     rb_ivar_set(state, id_iv_attempts, ULONG2NUM(attempts));
     rb_ivar_set(state, id_iv_waited, DBL2NUM(waited));
     return Qtrue;
@@ -499,6 +513,15 @@ static VALUE client_close(VALUE self) {
   return Qnil;
 }
 
+/* _session? -> true when the store is a session store (a lock lives as
+ * long as the connection that took it: the hold keeps this client). */
+static VALUE client_session_p(VALUE self) {
+  mm_client *c;
+  TypedData_Get_Struct(self, mm_client, &client_type, c);
+  if (c->store == NULL) rb_raise(eError, "MegaMutex client is closed");
+  return c->store->ops->kind == MM_KIND_SESSION ? Qtrue : Qfalse;
+}
+
 static VALUE client_closed_p(VALUE self) {
   mm_client *c;
   TypedData_Get_Struct(self, mm_client, &client_type, c);
@@ -518,6 +541,7 @@ void mm_client_init(VALUE mNative) {
   id_iv_waited = rb_intern("@waited");
   id_iv_holder = rb_intern("@holder");
   id_iv_outcome_unknown = rb_intern("@outcome_unknown");
+  id_iv_fencing_token = rb_intern("@fencing_token");
 
   cClient = rb_define_class_under(mNative, "Client", rb_cObject);
   rb_define_alloc_func(cClient, client_alloc);
@@ -532,4 +556,7 @@ void mm_client_init(VALUE mNative) {
   rb_define_method(cClient, "_server_for", client_server_for, 1);
   rb_define_method(cClient, "close", client_close, 0);
   rb_define_method(cClient, "closed?", client_closed_p, 0);
+  rb_define_method(cClient, "_session?", client_session_p, 0);
+  mm_mariadb_glue_init(cClient); /* mariadb_glue.c: Client.mysql (store_mariadb.c) */
+  mm_quorum_glue_init(cClient);  /* quorum_glue.c: Client.quorum (store_quorum.c) */
 }

@@ -25,7 +25,7 @@ module MegaMutex
     MAX_TTL = 2_592_000 - 2
     # The lock stores {#backend=} accepts; each one's settings are in
     # lib/mega_mutex/configuration/NAME.rb.
-    BACKENDS = %i[memcached memory].freeze
+    BACKENDS = %i[memcached memory mysql quorum].freeze
 
     # Every setting this file defines, and its default value (a backend's
     # own settings get theirs from its file; memcache_servers from the
@@ -48,9 +48,13 @@ module MegaMutex
     # their defaults (from {#initialize}, for every backend, chosen or not);
     # `selected` runs when {#backend=} chooses the backend; `validate` checks
     # its settings against each other (from {#validate!}, only when it is the
-    # backend).
+    # backend); `client` opens a new Native::Client of the store (required).
+    # And two facts about the store: `c_leases`, its leases are renewed by
+    # the C renewer's lane for their server (memcached); `session`, a lock
+    # lives as long as the connection that took it, so a hold keeps its
+    # client until the release (MariaDB).
     # @api private
-    StoreSettings = Struct.new(:defaults, :selected, :validate, keyword_init: true)
+    StoreSettings = Struct.new(:defaults, :selected, :validate, :client, :c_leases, :session, keyword_init: true)
 
     @stores = {}
 
@@ -59,10 +63,12 @@ module MegaMutex
       # each file under lib/mega_mutex/configuration/.
       # @api private
       # @param name [Symbol] one of {BACKENDS}
-      # @param hooks [Hash{Symbol => Symbol, nil}] :defaults, :selected, :validate
+      # @param hooks [Hash{Symbol => Symbol, Boolean, nil}] :defaults, :selected, :validate, :client,
+      #   :c_leases, :session
       # @return [StoreSettings]
       def store_settings(name, **hooks)
         raise ArgumentError, "#{name.inspect} is not one of #{BACKENDS.inspect}" unless BACKENDS.include?(name)
+        raise ArgumentError, "#{name.inspect}: a store needs a client hook" unless hooks[:client]
 
         @stores[name] = StoreSettings.new(**hooks).freeze
       end
@@ -167,7 +173,7 @@ module MegaMutex
     def backend=(value)
       sym = value.is_a?(String) ? value.to_sym : value
       unless BACKENDS.include?(sym)
-        raise ArgumentError, "backend must be #{BACKENDS.map(&:inspect).join(' or ')} (got #{value.inspect})"
+        raise ArgumentError, "backend must be one of #{BACKENDS.map(&:inspect).join(', ')} (got #{value.inspect})"
       end
 
       selected = Configuration.stores.fetch(sym).selected
@@ -182,6 +188,18 @@ module MegaMutex
       end
 
       @logger = value
+    end
+
+    # @api private
+    # @return [StoreSettings] the chosen backend's hooks and facts
+    def store
+      Configuration.stores.fetch(backend)
+    end
+
+    # @api private
+    # @return [Native::Client] a new client of the chosen backend's store
+    def new_client
+      __send__(store.client)
     end
 
     # Checks the settings that depend on each other: the shared ones, then

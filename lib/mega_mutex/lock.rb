@@ -72,6 +72,9 @@ module MegaMutex
       attr_accessor :server
       # @return [Native::Lease, nil] its lease in the C renewer (memcached)
       attr_accessor :lease
+      # @return [Integer, nil] the fencing token the store gave this take (set
+      #   by the extension; stores without fencing tokens leave it nil)
+      attr_reader :fencing_token
       # @return [Native::Client, nil] the client it was taken on, kept out of
       #   the pool until the release when taken by a block (Lock#synchronize)
       attr_accessor :client
@@ -100,6 +103,7 @@ module MegaMutex
         @lease = nil
         @client = nil
         @outcome_unknown = nil
+        @fencing_token = nil
         @lost_reason = nil
       end
 
@@ -180,7 +184,9 @@ module MegaMutex
       @ttl = ttl.nil? ? config.lock_ttl : Configuration.ttl_value(ttl, :ttl)
       @config = config
       @pool = MegaMutex.pool
-      @memory = config.backend == :memory
+      store = config.store
+      @c_leases = store.c_leases
+      @session = store.session
       @hold = nil
       @taking = nil
       @depth = 0
@@ -241,6 +247,17 @@ module MegaMutex
     #   may have been broken. Stays true after unlock.
     def lost?
       !@last_hold.nil? && @last_hold.lost?
+    end
+
+    # A number that grows with every new holder of this id, for the
+    # resource the lock protects: it refuses a write that carries a smaller
+    # token than one it has seen, so a holder that was paused past its lease
+    # cannot overwrite its successor's work (see the README's "Fencing
+    # tokens"). Kept after unlock, like {#lost?}.
+    # @return [Integer, nil] the token of this Lock's latest take, or nil when
+    #   nothing was taken yet or the backend gives none
+    def fencing_token
+      @last_hold&.fencing_token
     end
 
     # @return [Boolean] true while this Lock object holds the lock
@@ -472,7 +489,7 @@ module MegaMutex
         # land; one landing after that is handled by _undo_take.
         if client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
           # A memcached lease is renewed by the C renewer's lane for its server.
-          hold.server = @pool.server_for(client, @key) unless @memory
+          hold.server = @pool.server_for(client, @key) if @c_leases
           if pin
             hold.client = client
             @pinned = hold

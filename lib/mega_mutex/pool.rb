@@ -33,7 +33,6 @@ module MegaMutex
       @mutex = Mutex.new
       @idle = []
       @pid = MegaMutex.pid
-      @memory = config.backend == :memory
       @servers = {}
       @closed = false
     end
@@ -127,21 +126,12 @@ module MegaMutex
       # Process._fork nor Process.daemon made (one from C), so that no
       # connection is ever used by a process that takes itself for its parent.
       MegaMutex.forked! if MegaMutex.pid != Process.pid
-      client = if @memory
-                 MemoryStore.new # a client of this process's memory store
-               else
-                 Native::Client.new(
-                   @config.server_addresses,
-                   (@config.connect_timeout * 1000).ceil,
-                   (@config.io_timeout * 1000).ceil,
-                   1
-                 )
-               end
+      client = @config.new_client
       client.instance_variable_set(:@mega_mutex_pid, MegaMutex.pid)
       client
     rescue SystemCallError => e
       # Nothing was sent: no lock can have been taken.
-      raise ConnectionError, "cannot open a connection to memcached: #{e.message} (#{e.class.name})#{EXHAUSTED[e.class]}"
+      raise ConnectionError, "cannot open a connection to #{@config.backend}: #{e.message} (#{e.class.name})#{EXHAUSTED[e.class]}"
     end
 
     # What a resource error from making a client means, for its message.

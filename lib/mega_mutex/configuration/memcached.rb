@@ -17,7 +17,7 @@ module MegaMutex
     # less its NUL (libmemcached fails at connect beyond it).
     MAX_SOCKET_PATH = 107
 
-    store_settings :memcached, defaults: :memcached_defaults
+    store_settings :memcached, defaults: :memcached_defaults, client: :memcached_client, c_leases: true
 
     # @return [Array<String>] the servers in canonical form, "host:port", "[v6addr]:port" or a
     #   socket path (see {.parse_server}), in the order given
@@ -162,6 +162,11 @@ module MegaMutex
     def memcached_defaults
       env = ENV["MEMCACHE_SERVERS"].to_s.strip
       self.memcache_servers = env.empty? ? ["localhost:#{DEFAULT_PORT}"] : env.split(",")
+    end
+
+    # @return [Native::Client] a client of the servers (connects lazily)
+    def memcached_client
+      Native::Client.new(server_addresses, (connect_timeout * 1000).ceil, (io_timeout * 1000).ceil, 1)
     end
 
     # @return [String] "host:port", "[v6addr]:port" or the socket path

@@ -7,9 +7,14 @@ module MegaMutex
   # The :memory backend's settings: it has none of its own (memcache_servers
   # and the network timeouts are ignored); choosing it loads its store.
   class Configuration
-    store_settings :memory, selected: :load_memory_store
+    store_settings :memory, selected: :load_memory_store, client: :memory_client
 
     private
+
+    # @return [Native::Client] a client of this process's memory store
+    def memory_client
+      MemoryStore.new
+    end
 
     # Loads the store when the backend is chosen, not at the first lock,
     # where a Timeout could cut the load short.
