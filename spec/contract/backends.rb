@@ -5,13 +5,10 @@ require "stringio"
 
 # What the contract suite needs to know about a backend: how to configure it,
 # what it supports, and how to take a lease away from its holder behind its
-# back. One descriptor per backend, registered here; spec/contract_spec.rb
-# runs the contract against it with one line:
-#
-#   it_behaves_like "a MegaMutex backend", :memcached
-#
-# A new store (MariaDB's :mysql, the :quorum) joins with a descriptor below
-# and that line.
+# back. One descriptor per backend, each in its own file under
+# spec/contract/backends/ (loaded at the end of this one); spec/contract_spec.rb
+# runs the contract against every registered backend. A new store (MariaDB's
+# :mysql, the :quorum) joins with one file there.
 class ContractBackend
   # @return [Symbol] the backend's name (config.backend)
   attr_reader :name
@@ -32,6 +29,11 @@ class ContractBackend
     # @return [ContractBackend]
     def register(name, processes:, configure:, lose_lease:, before: nil, after: nil)
       @registry[name] = new(name, processes, configure, lose_lease, before, after)
+    end
+
+    # @return [Array<Symbol>] the registered backends, in the order registered
+    def names
+      @registry.keys
     end
 
     # @param name [Symbol]
@@ -84,27 +86,6 @@ class ContractBackend
   end
 end
 
-ContractBackend.register(
-  :memcached,
-  processes: true,
-  configure: lambda { |c|
-    c.backend = :memcached
-    c.memcache_servers = [SpecHelpers.memcached.address]
-  },
-  # As a flush_all, an eviction or a restart would.
-  lose_lease: ->(lock) { SpecHelpers.memcached.delete(lock.key) or raise "#{lock.key} was not in memcached" }
-)
-
-ContractBackend.register(
-  :memory,
-  processes: false, # one table per process: the memory backend is no cross-process lock
-  configure: ->(c) { c.backend = :memory },
-  # The only lock the example holds goes, as after a memcached restart.
-  lose_lease: lambda { |lock|
-    raise "#{lock.key} was not in the memory table" unless MegaMutex::MemoryStore.locks.key?(lock.key)
-
-    MegaMutex::MemoryStore.reset!
-  },
-  before: -> { MegaMutex::MemoryStore.reset! },
-  after: -> { MegaMutex::MemoryStore.reset! }
-)
+# The descriptors, memcached and memory first, then the others by name.
+first = %w[memcached memory].map { |name| File.join(__dir__, "backends", "#{name}.rb") }
+(first + (Dir[File.join(__dir__, "backends", "*.rb")].sort - first)).each { |file| require file }
