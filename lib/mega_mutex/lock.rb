@@ -138,7 +138,7 @@ module MegaMutex
         log(:error, "lost lock #{@key} (lock_id: #{@token}): #{reason}")
         return unless Instrumentation.listening?(Instrumentation::LOST)
 
-        Instrumentation.instrument(Instrumentation::LOST, { id: @id, key: @key, reason: reason }, @config.logger)
+        Instrumentation.instrument(Instrumentation::LOST, { id: @id, key: @key, reason: reason, fencing_token: @fencing_token }, @config.logger)
       rescue StandardError => e
         # A failing subscriber must not stop the renewer; the holder is told all the same.
         log(:warn, "a lost.mega_mutex subscriber failed: #{e.class}: #{e.message}")
@@ -430,7 +430,8 @@ module MegaMutex
       end
       if Instrumentation.listening?(Instrumentation::RELEASE)
         Instrumentation.instrument(Instrumentation::RELEASE,
-                                   { id: hold.id, key: hold.key, held: hold.held, lost: hold.lost? }, @config.logger)
+                                   { id: hold.id, key: hold.key, held: hold.held, lost: hold.lost?,
+                                     fencing_token: hold.fencing_token }, @config.logger)
       end
       released && !hold.lost?
     end
@@ -515,7 +516,8 @@ module MegaMutex
       if taken
         if Instrumentation.listening?(Instrumentation::ACQUIRE)
           Instrumentation.instrument(Instrumentation::ACQUIRE,
-                                     { id: @id, key: @key, wait: hold.waited, attempts: hold.attempts }, @config.logger)
+                                     { id: @id, key: @key, wait: hold.waited, attempts: hold.attempts,
+                                       fencing_token: hold.fencing_token }, @config.logger)
         end
       else
         @last_holder = hold.holder
