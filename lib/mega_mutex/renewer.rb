@@ -145,9 +145,10 @@ module MegaMutex
       end
     end
 
-    # Under @mutex: makes sure the scheduler looks again by `at`. It wakes at
-    # @wake_at anyway; a signal (a thread switch on every lock taken) is only
-    # needed when that is too late - or never, once it has parked.
+    # Under @mutex: makes sure the scheduler looks again by `at`. It wakes
+    # at its own time (@wake_at) anyway; a signal (a thread switch on every
+    # lock taken) is only needed when that is too late - or never, once it
+    # has parked.
     def wake_by(at)
       @wakeup.signal if @wake_at.nil? || @wake_at > at
     end
