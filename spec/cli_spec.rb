@@ -179,6 +179,8 @@ RSpec.describe "the mega_mutex command" do
       "release without --force" => %w[release x],
       "a bad --servers" => %w[--servers mc1:99999 status x],
       "a bad --namespace" => ["status", "x", "--namespace", "has space"],
+      "an unknown --backend" => %w[--backend redis status x],
+      "--backend memory (one process only: no use to a command)" => %w[status x --backend memory],
       "an empty NAME" => ["status", ""]
     }.each do |what, args|
       it "exits 64 with a message and a usage hint for #{what}" do
@@ -414,6 +416,15 @@ RSpec.describe "the mega_mutex command" do
       expect(status.exitstatus).to eq(69)
       expect(err).to match(/\Amega_mutex: .*127\.0\.0\.1:#{port}.*\n\z/)
       expect(File.exist?(path("ran"))).to be(false)
+    end
+
+    it "takes the backend from MEGA_MUTEX_BACKEND, named in its error; --backend memcached is the default" do
+      _, err, status = run_cli("status", "x", env: { "MEGA_MUTEX_BACKEND" => "etcd" })
+      expect(status.exitstatus).to eq(64)
+      expect(err).to start_with("mega_mutex: MEGA_MUTEX_BACKEND must be one of memcached, ")
+      _, _, status = run_cli("exec", @name, "--backend", "memcached", "--", "touch", path("ran"))
+      expect(status.exitstatus).to eq(0)
+      expect(File.exist?(path("ran"))).to be(true)
     end
 
     it "uses MEMCACHE_SERVERS when --servers is not given" do

@@ -51,9 +51,13 @@ module MegaMutex
         raise UsageError.new(e.message.sub("mutex id", "NAME"), subcommand)
       end
 
-      # Applies --servers and --namespace over the defaults
-      # (ENV["MEMCACHE_SERVERS"], else localhost:11211; namespace "mega_mutex").
+      # Applies --backend, --servers and --namespace over the defaults
+      # (backend $MEGA_MUTEX_BACKEND, else memcached; servers
+      # ENV["MEMCACHE_SERVERS"], else localhost:11211; namespace "mega_mutex").
+      # A backend's own settings come from its environment variables (e.g.
+      # MEGA_MUTEX_MYSQL_URL for :mysql).
       def configure!
+        backend = @settings[:backend] || ENV.fetch("MEGA_MUTEX_BACKEND", nil)
         servers = @settings[:servers]
         saved = ENV.fetch("MEMCACHE_SERVERS", nil)
         # The defaults read MEMCACHE_SERVERS; --servers replaces it, even a bad one.
@@ -61,6 +65,7 @@ module MegaMutex
         begin
           MegaMutex.reset_configuration!
           MegaMutex.configure do |c|
+            configure_backend(c, backend) if backend
             c.namespace = @settings[:namespace] if @settings[:namespace]
             c.on_lock_lost = :raise
           end
@@ -73,11 +78,26 @@ module MegaMutex
         raise UsageError, message.sub(/\Anamespace/, "--namespace")
       end
 
+      # The memory backend would lock this one process only: no use to a command.
+      def configure_backend(config, name)
+        where = @settings[:backend] ? "--backend" : "MEGA_MUTEX_BACKEND"
+        choices = (Configuration::BACKENDS - [:memory]).join(", ")
+        unless (Configuration::BACKENDS - [:memory]).map(&:to_s).include?(name)
+          raise UsageError, "#{where} must be one of #{choices} (got #{name.inspect})"
+        end
+
+        config.backend = name
+      end
+
       def common_options(parser)
         parser.separator ""
         parser.separator "Options for every command:"
         parser.on("--servers H:P,...", "memcached servers, comma-separated: host, host:port, [v6]:port or /socket",
                   "(default: $MEMCACHE_SERVERS, else localhost:11211)") { |v| @settings[:servers] = v }
+        parser.on("--backend NAME", "where locks live: memcached, mysql or quorum",
+                  "(default: $MEGA_MUTEX_BACKEND, else memcached; mysql reads $MEGA_MUTEX_MYSQL_URL)") do |v|
+          @settings[:backend] = v
+        end
         parser.on("--namespace NS", "key prefix (default: mega_mutex)") { |v| @settings[:namespace] = v }
         parser.on("-h", "--help", "show this help") do
           @out.puts parser.help
