@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "lock.h"
+#include "local_queue.h"
 
 double mm_monotonic(void) {
   struct timespec ts;
@@ -106,20 +107,19 @@ static mm_status wait_in_store(mm_store *store, mm_bytes key, mm_bytes token, un
   return st;
 }
 
-mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
-                          const mm_wait_policy *policy, mm_waker *waker, mm_lease_record *lease,
-                          mm_holder *holder, mm_acquire_stats *stats) {
-  double start = mm_monotonic();
-  if ((store->ops->caps & MM_CAP_WAIT) && store->ops->wait_take != NULL)
-    return wait_in_store(store, key, token, ttl, policy, lease, holder, stats, start);
-  double deadline = policy->timeout < 0 ? INFINITY : start + policy->timeout;
+/* Polls the store until the lock is taken, the deadline passes (one last
+ * try at the deadline) or the waker fires. `tried`: the caller's own first
+ * attempt already found the lock held (holder filled). */
+static mm_status poll_store(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl, const mm_wait_policy *policy,
+                            mm_waker *waker, mm_lease_record *lease, mm_holder *holder, mm_acquire_stats *stats,
+                            double start, double deadline, int tried) {
   double backoff = policy->backoff_min;
   struct timespec seed_ts;
   clock_gettime(CLOCK_REALTIME, &seed_ts);
   uint64_t seed = ((uint64_t) seed_ts.tv_nsec << 20) ^ (uint64_t) seed_ts.tv_sec ^
                   ((uint64_t) getpid() << 40) ^ (uint64_t) (uintptr_t) &seed;
   if (seed == 0) seed = 0x9E3779B97F4A7C15ULL;
-  mm_status st;
+  mm_status st = MM_HELD;
 
   /* Who held it at the last attempt: a lock that changes hands between two
    * attempts is turning over quickly, so the backoff starts again from the
@@ -130,11 +130,13 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
   uint64_t seen_version = 0;
   int seen_any = 0;
 
-  stats->attempts = 0;
   for (;;) {
-    stats->attempts++;
-    st = store->ops->try_take(store, key, token, ttl, lease, holder);
-    if (st != MM_HELD) break;
+    if (!tried) {
+      stats->attempts++;
+      st = store->ops->try_take(store, key, token, ttl, lease, holder);
+      if (st != MM_HELD) break;
+    }
+    tried = 0;
 
     int changed = !seen_any || holder->version != seen_version || holder->token_len != seen_len ||
                   memcmp(holder->token, seen, seen_len) != 0;
@@ -167,6 +169,58 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
     backoff *= 2;
     if (backoff > policy->backoff_max) backoff = policy->backoff_max;
   }
+  return st;
+}
+
+mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
+                          const mm_wait_policy *policy, mm_waker *waker, mm_lease_record *lease,
+                          mm_holder *holder, mm_acquire_stats *stats) {
+  double start = mm_monotonic();
+  store->maybe_applied = 0; /* nothing written yet (a queued thread may write nothing at all) */
+  if ((store->ops->caps & MM_CAP_WAIT) && store->ops->wait_take != NULL)
+    return wait_in_store(store, key, token, ttl, policy, lease, holder, stats, start);
+  double deadline = policy->timeout < 0 ? INFINITY : start + policy->timeout;
+  mm_status st;
+  mm_lq_waiter w;
+  int queued = 0, tried = 0;
+  holder->token_len = 0;
+  stats->attempts = 0;
+
+  /* Threads of this process that want the same key queue locally: one asks
+   * the server, the others wait for their turn (local_queue.c). A thread
+   * that finds a sibling asking already queues without asking; otherwise it
+   * tries first (the uncontended path: one try, no queue). try_lock
+   * (timeout 0) never queues. */
+  if (policy->timeout != 0 && mm_lq_busy(store, key)) {
+    queued = mm_lq_enter(store, key, &w);
+  } else {
+    stats->attempts++;
+    st = store->ops->try_take(store, key, token, ttl, lease, holder);
+    if (st != MM_HELD || policy->timeout == 0) {
+      if (st == MM_HELD) st = MM_TIMEOUT;
+      goto done;
+    }
+    tried = 1;
+    queued = mm_lq_enter(store, key, &w);
+  }
+  if (queued && !w.is_asker) {
+    int turn = mm_lq_wait(&w, waker, deadline);
+    if (turn < 0) {
+      st = MM_INTERRUPTED;
+      goto done;
+    }
+    if (turn == 0) {
+      /* The deadline passed in the queue: one last try, as a poller makes. */
+      stats->attempts++;
+      st = store->ops->try_take(store, key, token, ttl, lease, holder);
+      if (st == MM_HELD) st = MM_TIMEOUT;
+      goto done;
+    }
+    tried = 0; /* the turn: the holder seen before is old news */
+  }
+  st = poll_store(store, key, token, ttl, policy, waker, lease, holder, stats, start, deadline, tried);
+done:
+  if (queued) mm_lq_leave(&w);
   stats->waited = mm_monotonic() - start;
   return st;
 }
