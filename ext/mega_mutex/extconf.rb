@@ -73,6 +73,17 @@ abort "\n#{HELP}" unless found
 end
 have_library("m")
 
+# The MariaDB/MySQL store (store_mariadb.c, config.backend = :mysql): built
+# when libmariadb (MariaDB Connector/C, with its non-blocking API) is found;
+# without it the rest builds, and Client.mysql raises naming the package.
+dir_config("libmariadb")
+if (pkg_config("libmariadb") || have_library("mariadb", "mysql_init", "mysql.h")) &&
+   have_header("mysql.h") && have_func("mysql_real_connect_start", "mysql.h")
+  $defs << "-DHAVE_MARIADB"
+else
+  message("libmariadb not found: backend :mysql will not be available (Debian/Ubuntu: apt-get install libmariadb-dev)\n")
+end
+
 # Ruby's own headers are not -Wextra clean (unused parameters in inline
 # functions), so mkmf would find -Wextra "not accepted" and drop it: include
 # them as system headers, and the warnings apply to this extension's code.

@@ -61,3 +61,23 @@ module MegaMutex
   # then closed). Never read as "nobody holds the lock".
   class ServerError < Error; end
 end
+
+module MegaMutex
+  # (backend :mysql) Waiting for this lock would deadlock: another session
+  # holds it and waits, directly or through others, for a lock this thread
+  # already holds. MariaDB detects the cycle at once (ER_LOCK_DEADLOCK) and
+  # refuses the wait of one of the sessions involved, which gets this error;
+  # the locks that thread already held stay held. A ServerError, so code
+  # that rescues ServerError sees it too.
+  class DeadlockError < ServerError
+    # @return [Object, nil] the mutex id that was asked for
+    attr_reader :id
+
+    # @param message [String]
+    # @param id [Object] the mutex id
+    def initialize(message = nil, id: nil)
+      @id = id
+      super(message || "waiting for the lock #{id.inspect} would deadlock")
+    end
+  end
+end

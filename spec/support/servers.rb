@@ -4,6 +4,7 @@ require "socket"
 require "timeout"
 require "tmpdir"
 require "fileutils"
+require "open3"
 
 # The one place that starts and stops the servers the suite, the bench, the
 # chaos suite and the demo run against: real server processes on free
@@ -396,6 +397,160 @@ module Servers
     end
   end
 
+  # mariadbd on a free loopback port and a unix socket in a private
+  # directory, on an empty datadir (no mariadb-install-db: named locks need
+  # no tables), without grant tables unless asked: accepting connections in
+  # about 0.2 s (MARIADB_NOTES.md). The metadata_lock_info plugin is loaded
+  # so that a lock's holder can be read (store_mariadb.c). A restart keeps
+  # the port and the socket path and starts from an empty datadir (a crash
+  # and a fresh start: every session and lock gone).
+  #
+  #   db = Servers::MariaDB.shared          # one for the suite, started on first use
+  #   db.url                                # "mysql://root@127.0.0.1:40123"
+  #   db.socket_path                        # ".../sock"
+  #   db.sql("SELECT IS_USED_LOCK('x')")    # => [["NULL"]] (the mariadb client, batch mode)
+  #
+  # With grant_tables: true, mariadb-install-db prepares the datadir once (a
+  # few seconds) and {#add_user} creates accounts, for credential checks.
+  class MariaDB < Server
+    START_TIMEOUT = 30
+    # The flags of MARIADB_NOTES.md: a small, fast, throwaway server.
+    FLAGS = %w[--skip-log-bin --skip-name-resolve --performance-schema=0 --innodb-buffer-pool-size=6M
+               --innodb-log-file-size=4M --innodb-fast-shutdown=2 --innodb-buffer-pool-dump-at-shutdown=0
+               --innodb-buffer-pool-load-at-startup=0 --innodb-use-native-aio=0
+               --innodb-data-file-path=ibdata1:4M:autoextend --innodb-temp-data-file-path=ibtmp1:4M:autoextend
+               --innodb-doublewrite=0 --innodb-flush-log-at-trx-commit=0 --skip-innodb-adaptive-hash-index
+               --plugin-load-add=metadata_lock_info --max-connections=1000].freeze
+
+    @shared = nil
+    @shared_mutex = Mutex.new
+
+    class << self
+      # The suite's MariaDB, started by the first spec that asks for it (a
+      # suite that runs no MariaDB spec never starts one); stopped at exit.
+      # @return [MariaDB]
+      def shared
+        @shared_mutex.synchronize do
+          @shared = nil if @shared && @shared.owner != Process.pid
+          @shared ||= new.start
+        end
+      end
+
+      # @return [Boolean] true when mariadbd and the mariadb client are installed
+      def available?
+        system("command -v mariadbd >/dev/null 2>&1 && command -v mariadb >/dev/null 2>&1")
+      end
+    end
+
+    # @param grant_tables [Boolean] a server with accounts (see {#add_user})
+    def initialize(grant_tables: false, **options)
+      @grant_tables = grant_tables
+      @restarting = false
+      super(**options)
+    end
+
+    def program
+      "mariadbd"
+    end
+
+    def needs_dir?
+      true
+    end
+
+    def keep_dir_on_stop?
+      @restarting
+    end
+
+    # The same port and socket, every session and lock gone.
+    # @return [self]
+    def restart
+      @restarting = true
+      stop
+      start
+    ensure
+      @restarting = false
+    end
+
+    # @return [String] the unix socket it listens on (beside the TCP port)
+    def socket_path
+      File.join(dir, "sock")
+    end
+
+    # @return [String] a mysql:// URL for MegaMutex (root, no password), over TCP
+    def url
+      "mysql://root@127.0.0.1:#{port}"
+    end
+
+    # @return [String] the same server through its unix socket
+    def socket_url
+      "mysql://root@localhost/?socket=#{socket_path}"
+    end
+
+    def argv
+      prepare_datadir
+      grants = @grant_tables ? [] : ["--skip-grant-tables"]
+      ["--no-defaults", "--datadir=#{dir}/data", "--socket=#{socket_path}", "--port=#{port}",
+       "--bind-address=127.0.0.1", "--pid-file=#{dir}/pid", "--tmpdir=#{dir}/tmp", "--log-error=#{dir}/err.log",
+       "--user=root", *grants, *FLAGS, *args]
+    end
+
+    # Ready once the server's greeting (protocol version 10) arrives on the socket.
+    def ready?
+      return false unless File.socket?(socket_path)
+
+      Socket.unix(socket_path) do |sock|
+        greeting = read_reply(sock, ->(reply) { reply.bytesize >= 5 })
+        greeting.getbyte(4) == 10
+      end
+    end
+
+    # Runs `query` with the mariadb client (batch mode, as root over the
+    # socket) and returns its rows, each an Array of Strings ("NULL" for NULL).
+    # @param query [String]
+    # @return [Array<Array<String>>]
+    # @raise [RuntimeError] with the client's message when it fails
+    def sql(query)
+      out, err, status = Open3.capture3("mariadb", "--no-defaults", "-uroot", "-S", socket_path, "-N", "-B", "-e", query)
+      raise "mariadb -e #{query.inspect}: #{err.strip}" unless status.success?
+
+      out.lines.map { |line| line.chomp.split("\t", -1) }
+    end
+
+    # The connection id holding the named lock `name`, or nil.
+    # @return [Integer, nil]
+    def lock_holder(name)
+      id = sql("SELECT IS_USED_LOCK('#{name.gsub("'", "''")}')").dig(0, 0)
+      id.nil? || id == "NULL" ? nil : Integer(id)
+    end
+
+    # The server's sessions ([id, command, info] of each, this query's own left out).
+    # @return [Array<Array<String>>]
+    def sessions
+      sql("SELECT ID, COMMAND, COALESCE(INFO, '') FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()")
+    end
+
+    # Creates an account (a server with grant_tables only).
+    # @return [void]
+    def add_user(user, password)
+      sql("CREATE USER '#{user}'@'%' IDENTIFIED BY '#{password}'; CREATE USER '#{user}'@'localhost' IDENTIFIED BY '#{password}'")
+    end
+
+    private
+
+    def prepare_datadir
+      data = File.join(dir, "data")
+      return if @grant_tables && File.directory?(File.join(data, "mysql"))
+
+      FileUtils.rm_rf([data, File.join(dir, "tmp")])
+      FileUtils.mkdir_p([data, File.join(dir, "tmp")])
+      return unless @grant_tables
+
+      out, status = Open3.capture2e("mariadb-install-db", "--no-defaults", "--datadir=#{data}", "--user=root",
+                                    "--auth-root-authentication-method=normal", "--skip-test-db")
+      raise "mariadb-install-db failed: #{out}" unless status.success?
+    end
+  end
+
   # Server kinds by name, for {Servers.start}.
-  KINDS = { memcached: Memcached, redis: Redis }.freeze
+  KINDS = { memcached: Memcached, redis: Redis, mariadb: MariaDB }.freeze
 end

@@ -1,0 +1,38 @@
+/*
+ * store_mariadb.h - the MariaDB/MySQL named-lock store (store_mariadb.c):
+ * a session store (GET_LOCK) that waits in the server.
+ */
+#ifndef MEGA_MUTEX_STORE_MARIADB_H
+#define MEGA_MUTEX_STORE_MARIADB_H
+
+#include "store.h"
+
+/* Where and how to connect. Strings may be NULL; each is copied. A socket
+ * path wins over host and port. */
+typedef struct {
+  const char *host;     /* NULL: "localhost" */
+  unsigned port;        /* 0: 3306 */
+  const char *socket;   /* unix socket path, or NULL */
+  const char *user;     /* NULL: the library's default */
+  const char *password; /* NULL: none */
+  const char *database; /* NULL: none (named locks need no database) */
+  int connect_timeout_ms;
+  int io_timeout_ms;
+  unsigned ttl; /* the session's wait_timeout until a take asks for another */
+} mm_mariadb_options;
+
+/* A store that has not connected yet: it connects at its first request.
+ * Returns NULL and fills errbuf on failure. No I/O; no Ruby API. */
+mm_store *mm_mariadb_store_new(const mm_mariadb_options *opts, char *errbuf, size_t errlen);
+
+/* The lock name MariaDB sees for `key` (at most 64 bytes + NUL). */
+void mm_mariadb_lock_name(mm_bytes key, char out[65]);
+
+/* Once per process, with the GVL, before any store is made. 0 on success. */
+int mm_mariadb_library_init(void);
+
+/* The message prefix of a deadlock error (ER_LOCK_DEADLOCK, 1213): the
+ * Ruby layer turns a ServerError that starts with it into DeadlockError. */
+#define MM_MARIADB_DEADLOCK "MariaDB deadlock"
+
+#endif
