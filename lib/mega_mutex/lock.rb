@@ -2,6 +2,7 @@
 
 require "securerandom"
 require "socket"
+require_relative "session"
 
 module MegaMutex
   # One named distributed lock, for code that cannot use a block.
@@ -76,8 +77,12 @@ module MegaMutex
       #   by the extension; stores without fencing tokens leave it nil)
       attr_reader :fencing_token
       # @return [Native::Client, nil] the client it was taken on, kept out of
-      #   the pool until the release when taken by a block (Lock#synchronize)
+      #   the pool until the release when taken by a block (Lock#synchronize),
+      #   or always (a session store)
       attr_accessor :client
+      # @return [Session, nil] a session store's connection it lives on
+      #   (shared by the thread's holds), from the take to the release
+      attr_accessor :session
 
       # @param id [Object] the mutex id
       # @param key [String] the memcached key
@@ -102,6 +107,7 @@ module MegaMutex
         @server = nil
         @lease = nil
         @client = nil
+        @session = nil
         @outcome_unknown = nil
         @fencing_token = nil
         @lost_reason = nil
@@ -444,6 +450,8 @@ module MegaMutex
     # server answers and accepts it again.
     # @return [Boolean] true if removed, false if it was not ours any more
     def release_on_server(hold)
+      return release_on_session(hold) if hold.session
+
       client = hold.client
       return hold.pool.with { |c| c._release(hold.key, hold.token, hold.version) } if client.nil?
 
@@ -457,6 +465,65 @@ module MegaMutex
       Renewer.current.release_later(hold)
       raise
     end
+
+    # A session store's release: on the session the lock was taken on (it
+    # lives there and nowhere else), serialised with the renewer's refreshes.
+    # A session that fails here has ended, and the lock with it: reported
+    # as lost (false), and the session is closed once it holds nothing.
+    # @return [Boolean] true if released, false if it was not ours any more
+    def release_on_session(hold)
+      session = hold.session
+      begin
+        session.use { hold.client._release(hold.key, hold.token, hold.version) }
+      rescue ConnectionError, ServerError => e
+        session.broken!
+        log(:warn) { "releasing #{hold.key}: #{e.message}" }
+        false
+      ensure
+        hold.client = nil
+        session.forget(hold)
+      end
+    end
+
+    # A session store's take (#acquire): on this thread's session of the
+    # pool (one it already holds locks on, else a fresh one), which the hold
+    # keeps until its release. A take that fails with an error closes the
+    # session once it holds nothing (a deadlock, a timeout or an interrupt
+    # leave it usable: the store gives back a grant that raced them).
+    # @return [Hold] the take's state (its version set when taken)
+    def take_on_session(timeout)
+      session = Session.for(@pool)
+      hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
+      hold.session = session
+      @taking = hold # undone by _undo_take if anything cuts this call short from here
+      begin
+        session.adopt(hold)
+        session.use do
+          hold.client = session.client
+          session.client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
+        end
+      rescue ServerError => e
+        raise DeadlockError.new(e.message, id: @id) if e.message.start_with?(MYSQL_DEADLOCK)
+
+        session.broken!
+        raise
+      rescue Error
+        session.broken!
+        MegaMutex.forked! if MegaMutex.pid != Process.pid
+        raise
+      ensure
+        # Not taken (or an interrupt before C said so): the session owes it nothing.
+        if hold.version.nil?
+          hold.client = nil
+          session.forget(hold)
+        end
+      end
+      hold
+    end
+
+    # The message a deadlock's ServerError starts with (store_mariadb.h).
+    MYSQL_DEADLOCK = "MariaDB deadlock"
+    private_constant :MYSQL_DEADLOCK
 
     # @return [Boolean] taken (or already held by this thread)
     def acquire(timeout)
@@ -479,6 +546,8 @@ module MegaMutex
       # knows the lock's version. Read once: a nested take does not pin.
       pin = @pin
       @pin = false
+      return finish_take(holds, take_on_session(timeout), timeout) if @session
+
       client = @pool.checkout
       hold = nil
       begin
@@ -510,6 +579,12 @@ module MegaMutex
         # point an interrupt may land.
         @pool.checkin(client) unless hold&.client.equal?(client)
       end
+      finish_take(holds, hold, timeout)
+    end
+
+    # Registers a take that succeeded, or says why it did not.
+    # @return [Boolean] taken
+    def finish_take(holds, hold, timeout)
       taken = !hold.version.nil?
       register(holds, hold) if taken
       @taking = nil
@@ -535,7 +610,9 @@ module MegaMutex
     # it leaves @taking set, and #undo_grant takes back whatever was done.
     def register(holds, hold)
       hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      hold.valid_until = hold.locked_at + hold.ttl
+      # A session's lock has no end of its own: it lasts while the session
+      # does, which the renewer's refreshes check.
+      hold.valid_until = @session ? Float::INFINITY : hold.locked_at + hold.ttl
       holds[@key] = hold
       adopt(hold)
       Renewer.current.add(hold)

@@ -163,7 +163,10 @@ module MegaMutex
 
         remove(hold)
         client = hold.client
-        if client
+        if hold.session
+          # A busy session is left to the exit itself: its connection closes, and the server frees its locks.
+          hold.session.try_use { client&._release(hold.key, hold.token, hold.version) }
+        elsif client
           client._release(hold.key, hold.token, hold.version)
         else
           hold.pool.with { |c| c._release(hold.key, hold.token, hold.version) }
@@ -317,10 +320,11 @@ module MegaMutex
       nil
     end
 
-    # The lane of the server that keeps `hold`'s key (memoised on the hold).
+    # The lane of the server that keeps `hold`'s key (memoised on the hold);
+    # a session store's holds share one lane per pool (one server).
     def lane_for(hold)
       hold.lane ||= begin
-        server = begin
+        server = hold.session ? :session : begin
           hold.pool.with { |client| client._server_for(hold.key) }
         rescue StandardError
           :unknown # cannot even make a client now: a shared lane, tried again later
@@ -370,7 +374,38 @@ module MegaMutex
       end
     end
 
+    # A session store's refresh: on the hold's own session, checking that it
+    # still holds the lock (which also keeps the session from timing out).
+    # A session busy with its holder's request is not idle: looked at again
+    # shortly. Not found (the session ended: KILL, restart, timeout) is lost.
+    def refresh_session(hold)
+      still_ours = hold.session.try_use do
+        client = hold.client
+        client.nil? ? :released : client._extend(hold.key, hold.token, hold.ttl)
+      end
+      lost = @mutex.synchronize do
+        next false unless @due.key?(hold) # released (or given up) meanwhile: nothing to say
+
+        if still_ours == :busy || still_ours == :released
+          wake_by(@due[hold] = now + RETRY)
+          false
+        elsif still_ours
+          wake_by(@due[hold] = now + hold.ttl / 3.0)
+          false
+        else
+          @due.delete(hold)
+          true
+        end
+      end
+      hold.lose!("its session no longer holds it (the connection was killed or broke, or the server restarted)") if lost
+    rescue Error => e
+      hold.log(:warn, "could not refresh #{hold.key}: #{e.message}")
+      @mutex.synchronize { wake_by(@due[hold] = now + RETRY) if @due.key?(hold) }
+    end
+
     def renew(hold)
+      return refresh_session(hold) if hold.session
+
       started = now
       still_ours = hold.pool.with { |client| client._extend(hold.key, hold.token, hold.ttl) }
       lost = @mutex.synchronize do
