@@ -291,8 +291,11 @@ static uint64_t srv_uptime_now(const q_server *s, double now) {
 
 /* Makes `s` part of the next request: connects when needed, and prefixes
  * the probe ("stats", "stats settings") on a new connection and the
- * sentinel's add when it was found missing. Returns 1 when it is in. */
-static int srv_begin(q_store *q, q_server *s, double now) {
+ * sentinel's add when it was found missing. Returns 1 when it is in.
+ * `same_connection`: a second step that uses a CAS read by the first, on
+ * the connection it was read on (a CAS from another server process could
+ * match a stranger's item): without it, the server is out of this request. */
+static int srv_begin(q_store *q, q_server *s, double now, int same_connection) {
   s->state = SR_ACTIVE;
   s->wlen = s->wpos = 0;
   s->nexpect = s->cur = 0;
@@ -305,6 +308,17 @@ static int srv_begin(q_store *q, q_server *s, double now) {
   s->nstatus = 0;
   s->answered_at = 0;
   if (s->fd >= 0 && s->rpos != s->rlen) srv_close(s); /* bytes nobody asked for */
+  if (s->fd >= 0 && !s->connecting && !same_connection) {
+    /* An idle connection with something to read has been closed by its
+     * server (restarted, idle timeout) or sent what nobody asked: a new one,
+     * rather than a failed request. */
+    struct pollfd p = {s->fd, POLLIN, 0};
+    if (poll(&p, 1, 0) != 0) srv_close(s);
+  }
+  if (s->fd < 0 && same_connection) {
+    srv_fail(s, "the connection was lost between two steps of the request");
+    return 0;
+  }
   if (s->fd < 0 && srv_connect(q, s, now) != 0) return 0;
   s->error[0] = '\0';
   if (!s->probed) {
@@ -748,7 +762,7 @@ static mm_status read_all(q_store *q, mm_bytes key, int fence, const char *add_t
   set_key(q, key);
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    if (!srv_begin(q, s, now)) continue;
+    if (!srv_begin(q, s, now, 0)) continue;
     if (add_token != NULL) {
       srv_write(s, "add %.*s 0 %u %zu noreply\r\n%s\r\n", (int) key.len, key.ptr, (unsigned) add_wire, strlen(add_token),
                 add_token);
@@ -777,7 +791,7 @@ static mm_status delete_ours(q_store *q, mm_bytes key, mm_bytes token, const int
       continue;
     }
     uint64_t cas = s->lock_cas;
-    if (!srv_begin(q, s, now)) continue;
+    if (!srv_begin(q, s, now, 1)) continue;
     srv_write(s, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, Q_EXPIRE_NOW, token.len,
               (unsigned long long) cas, (int) token.len, token.ptr);
     s->wrote_store = 1;
@@ -889,7 +903,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
       s->state = SR_IDLE;
       continue;
     }
-    if (!srv_begin(q, s, now)) continue;
+    if (!srv_begin(q, s, now, 1)) continue;
     if (had_fence) srv_write(s, "cas %s 0 0 %d %llu\r\n%s\r\n", q->fence_key, tl, (unsigned long long) fence_cas, tv);
     else srv_write(s, "add %s 0 0 %d\r\n%s\r\n", q->fence_key, tl, tv);
     s->wrote_store = 1;
@@ -982,7 +996,7 @@ static mm_status q_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_
       s->state = SR_IDLE;
       continue;
     }
-    if (!srv_begin(q, s, now)) continue;
+    if (!srv_begin(q, s, now, 1)) continue;
     if (mine)
       srv_write(s, "cas %.*s 0 %u %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) (ttl + Q_WIRE_MARGIN),
                 token.len, (unsigned long long) cas, (int) token.len, token.ptr);
@@ -1049,7 +1063,7 @@ static mm_status q_force_release(mm_store *base, mm_bytes key) {
   static const char *const replies[] = {"DELETED", "NOT_FOUND", NULL};
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    if (!srv_begin(q, s, now)) continue;
+    if (!srv_begin(q, s, now, 0)) continue;
     srv_write(s, "delete %.*s\r\n", (int) key.len, key.ptr);
     s->wrote_store = 1;
     srv_expect(s, EX_STATUS, replies);
@@ -1097,7 +1111,7 @@ void mm_quorum_store_probe(mm_store *base, char *out, size_t outlen) {
     q_server *s = &q->servers[i];
     s->state = SR_IDLE;
     if (s->probed && s->fd >= 0) continue;
-    if (srv_begin(q, s, now)) any = 1;
+    if (srv_begin(q, s, now, 0)) any = 1;
   }
   if (any) (void) run(q, 0);
   for (size_t i = 0; i < q->n && len < outlen; i++) {

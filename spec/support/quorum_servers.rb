@@ -25,10 +25,17 @@ module QuorumServers
     # Starts `count` memcached servers with -M and waits until they count.
     # @return [Array<Servers::Memcached>]
     def start(count, args: %w[-M -m 64])
-      servers = Array.new(count) { Servers::Memcached.new(args: args).start }
-      servers.each { |server| seed(server) }
-      servers.each { |server| wait_mature(server) }
-      servers
+      start_sets(1, count, args: args).first
+    end
+
+    # Starts `sets` groups of `count` servers at once (they grow old
+    # together: one wait for all).
+    # @return [Array<Array<Servers::Memcached>>]
+    def start_sets(sets, count, args: %w[-M -m 64])
+      groups = Array.new(sets) { Array.new(count) { Servers::Memcached.new(args: args).start } }
+      groups.flatten.each { |server| seed(server) }
+      groups.flatten.each { |server| wait_mature(server) }
+      groups
     end
 
     # Creates the sentinel as the store would (its value: the server's uptime).

@@ -19,7 +19,7 @@ module MegaMutex
           lock.synchronize do
             @state = :holding
             live&.stop
-            status = run_child(command)
+            status = run_child(command, lock.fencing_token)
           end
           status
         rescue TimeoutError => e
@@ -88,9 +88,12 @@ module MegaMutex
       end
 
       # Runs COMMAND in the process group of a {Guard}, hands it the terminal
-      # when mega_mutex has it, and waits for it.
+      # when mega_mutex has it, and waits for it. COMMAND gets the take's
+      # fencing token as MEGA_MUTEX_FENCING_TOKEN (a decimal Integer that grows
+      # across holders; unset when the backend gives none, even if inherited).
+      # @param fencing_token [Integer, nil]
       # @return [Integer] the exit status to report
-      def run_child(command)
+      def run_child(command, fencing_token = nil)
         return 128 + @pending.first unless @pending.empty?
 
         guard = Guard.start
@@ -98,7 +101,8 @@ module MegaMutex
         # COMMAND that read it first, from a background group, would stop.
         terminal = Terminal.hand_over(guard.pgid)
         begin
-          pid = Process.spawn([command.first, command.first], *command.drop(1), pgroup: guard.pgid)
+          env = { "MEGA_MUTEX_FENCING_TOKEN" => fencing_token&.to_s }
+          pid = Process.spawn(env, [command.first, command.first], *command.drop(1), pgroup: guard.pgid)
         rescue SystemCallError => e
           terminal&.take_back
           guard.dismiss
