@@ -28,13 +28,16 @@ module MegaMutex
     store_settings :quorum, defaults: :quorum_defaults, validate: :validate_quorum, client: :quorum_client
 
     # The longest lease any process sharing these servers asks for, in
-    # seconds; nil (the default) means {#lock_ttl}.
+    # seconds; nil means {#lock_ttl}. Defaults to
+    # ENV["MEGA_MUTEX_QUORUM_MAX_TTL"] when set (so `mega_mutex exec
+    # --backend quorum` can be told), else nil.
     #
     # A server that restarted, was flushed or evicted the store's sentinel
     # may have forgotten a lock someone still holds: it does not count toward
     # a majority until it has kept its items for longer than this (plus 5 s
     # for memcached's one-second clock), so every lease it may have forgotten
-    # has run out. A lock asked with a longer ttl raises ArgumentError.
+    # has run out. A lock asked with a longer ttl (its ttl: option, or
+    # {#lock_ttl}) raises ArgumentError when it is taken.
     # Every process sharing the servers must use the same value or a larger
     # one.
     #
@@ -62,10 +65,13 @@ module MegaMutex
     private
 
     def quorum_defaults
-      @quorum_max_ttl = nil
+      env = ENV.fetch("MEGA_MUTEX_QUORUM_MAX_TTL", "").strip
+      self.quorum_max_ttl = env.empty? ? nil : Float(env, exception: false) || env
+    rescue ArgumentError => e
+      raise ArgumentError, e.message.sub("quorum_max_ttl", "MEGA_MUTEX_QUORUM_MAX_TTL")
     end
 
-    # @raise [ArgumentError] fewer than 3 or more than 15 servers; a lock_ttl above quorum_max_ttl
+    # @raise [ArgumentError] fewer than 3 or more than 15 servers
     def validate_quorum
       count = memcache_servers.size
       if count < QUORUM_MIN_SERVERS || count > QUORUM_MAX_SERVERS
@@ -73,9 +79,6 @@ module MegaMutex
               "backend :quorum needs #{QUORUM_MIN_SERVERS} to #{QUORUM_MAX_SERVERS} independent memcache_servers " \
               "(got #{count}: #{memcache_servers.join(', ')}); an odd number is best"
       end
-      return unless quorum_max_ttl && lock_ttl > quorum_max_ttl
-
-      raise ArgumentError, "lock_ttl (#{lock_ttl}) must not exceed quorum_max_ttl (#{quorum_max_ttl})"
     end
 
     # @return [Native::Client] a client of the quorum; servers that may

@@ -1,0 +1,98 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "tempfile"
+require_relative "support/quorum_servers"
+
+# Fencing tokens (the :quorum backend): an Integer that strictly increases
+# across successive holders of one id - across threads, processes, a holder
+# paused past its lease, and a wall clock that is behind the fences.
+RSpec.describe "Fencing tokens" do
+  let(:servers) { QuorumServers.shared }
+
+  before do
+    MegaMutex.configure do |c|
+      QuorumServers.configure(c, servers)
+      c.namespace = @namespace
+    end
+  end
+
+  it "gives each take an Integer, published on the Lock, larger than the one before" do
+    tokens = Array.new(30) { MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token } }
+    expect(tokens).to all(be_an(Integer))
+    expect(tokens.each_cons(2)).to all(satisfy { |a, b| b > a })
+  end
+
+  it "strictly increases in section order across 4 processes hammering one id" do
+    log = Tempfile.new("fences")
+    pids = Array.new(4) do
+      fork do
+        MegaMutex.forked!
+        20.times do
+          MegaMutex.with_distributed_mutex("job", timeout: 30) do |lock|
+            File.open(log.path, "a") { |f| f.puts("#{Process.pid} #{lock.fencing_token}") }
+          end
+        end
+        exit!(0)
+      rescue StandardError => e
+        warn e.full_message
+        exit!(1)
+      end
+    end
+    statuses = pids.map { |pid| Process.wait2(pid).last }
+    expect(statuses).to all(be_success)
+    tokens = File.readlines(log.path).map { |line| Integer(line.split.last) }
+    expect(tokens.size).to eq(80)
+    expect(tokens.each_cons(2).reject { |a, b| b > a }).to eq([])
+  ensure
+    log&.close!
+  end
+
+  it "gives a holder paused past its lease a smaller token than its successor's" do
+    reader, writer = IO.pipe
+    pid = fork do
+      reader.close
+      MegaMutex.forked!
+      lock = MegaMutex::Lock.new("job")
+      lock.lock
+      writer.puts(lock.fencing_token)
+      writer.flush
+      sleep # paused below, then killed
+    end
+    writer.close
+    paused = Integer(reader.gets)
+    Process.kill(:STOP, pid) # no renewals from here on: the lease runs out
+    successor = MegaMutex.with_distributed_mutex("job", timeout: 30) { |lock| lock.fencing_token }
+    expect(successor).to be > paused
+  ensure
+    if pid
+      Process.kill(:KILL, pid)
+      Process.wait(pid)
+    end
+  end
+
+  it "grows past the fences the servers kept, even when the wall clock is behind them" do
+    key = key_for("job")
+    future = 10**17 # microseconds: the year 5138
+    fence = "~f#{key}"
+    servers.values_at(0, 1).each { |s| s.command("set #{fence} 0 0 #{future.to_s.size}\r\n#{future}") }
+    token = MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token }
+    expect(token).to eq(future + 1)
+    expect(MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token }).to eq(future + 2)
+  end
+
+  it "passes the token to mega_mutex exec's command as MEGA_MUTEX_FENCING_TOKEN" do
+    exe = File.join(SpecHelpers::ROOT, "exe", "mega_mutex")
+    rubyopt = ENV["RUBYOPT"].to_s.split.reject { |opt| opt.include?("bundler") }.join(" ")
+    env = { "RUBYOPT" => rubyopt, "BUNDLE_GEMFILE" => nil, "MEGA_MUTEX_QUORUM_MAX_TTL" => QuorumServers::MAX_TTL.to_s,
+            "MEGA_MUTEX_FENCING_TOKEN" => "stale" }
+    argv = [RbConfig.ruby, exe, "exec", "job", "--namespace", @namespace, "--backend", "quorum",
+            "--servers", servers.map(&:address).join(","), "--ttl", QuorumServers::MAX_TTL.to_s,
+            "--", "sh", "-c", "echo $MEGA_MUTEX_FENCING_TOKEN"]
+    first, err, status = Open3.capture3(env, *argv)
+    expect(status).to be_success, err
+    second, = Open3.capture3(env, *argv)
+    expect(first).to match(/\A\d+\n\z/)
+    expect(Integer(second)).to be > Integer(first)
+  end
+end
