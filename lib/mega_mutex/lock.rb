@@ -181,15 +181,18 @@ module MegaMutex
     # @param timeout [Numeric, nil] seconds {#lock} waits (default: config.default_timeout;
     #   nil waits forever; 0 tries once)
     # @param ttl [Integer] lease length in seconds (default: config.lock_ttl)
+    # @param _store [Array(Configuration, Pool), nil] (private) another
+    #   configuration and its pool than MegaMutex's, for the
+    #   distributed_mutex drop-in's connection argument
     # @raise [ArgumentError] for a bad id, timeout or ttl
-    def initialize(id, timeout: (timeout_unset = true), ttl: nil)
-      config = MegaMutex.configuration
+    def initialize(id, timeout: (timeout_unset = true), ttl: nil, _store: nil)
+      config = _store ? _store.first : MegaMutex.configuration
       @id = id
       @key = Key.cached(config.namespace, id)
       @timeout = timeout_unset ? config.default_timeout : Configuration.timeout_value(timeout, :timeout)
       @ttl = ttl.nil? ? config.lock_ttl : Configuration.ttl_value(ttl, :ttl)
       @config = config
-      @pool = MegaMutex.pool
+      @pool = _store ? _store.last : MegaMutex.pool
       store = config.store
       @c_leases = store.c_leases
       @session = store.session
