@@ -12,3 +12,12 @@ task :chaos, [:args] => :compile do |_task, task_args|
   args = Shellwords.split(ENV.fetch("CHAOS_ARGS", "")) + Shellwords.split(task_args[:args].to_s)
   ruby "-Ilib", File.expand_path("../chaos/run.rb", __dir__), *args
 end
+
+namespace :chaos do
+  desc "Chaos for the :quorum backend: 3 servers killed/restarted, flushed, paused while processes hammer one lock " \
+       "(CHAOS_ARGS=\"--quick\" etc.)"
+  task :quorum, [:args] => :compile do |_task, task_args|
+    args = Shellwords.split(ENV.fetch("CHAOS_ARGS", "")) + Shellwords.split(task_args[:args].to_s)
+    ruby "-Ilib", File.expand_path("../chaos/quorum.rb", __dir__), *args
+  end
+end

@@ -77,4 +77,43 @@ RSpec.describe "chaos/run.rb" do
     expect(out).to match(/^FAIL: \d+ violation\(s\) under kill -9/)
     expect(result["pass"]).to be(false)
   end
+
+  describe "chaos/quorum.rb (the :quorum backend)" do
+    def run_quorum_chaos(*args, timeout: 150)
+      command = [RbConfig.ruby, "-I", File.join(SpecHelpers::ROOT, "lib"), File.join(SpecHelpers::ROOT, "chaos", "quorum.rb"), *args]
+      Dir.mktmpdir("mm-qchaos") do |dir|
+        json = File.join(dir, "chaos.json")
+        Open3.popen2e(*command, "--json", json, chdir: SpecHelpers::ROOT) do |stdin, out, waiter|
+          stdin.close
+          output = Thread.new { out.read }
+          unless waiter.join(timeout)
+            Process.kill(:TERM, waiter.pid)
+            waiter.join
+            raise "chaos/quorum.rb did not finish within #{timeout}s:\n#{output.value}"
+          end
+          [output.value, waiter.value, File.exist?(json) ? JSON.parse(File.read(json)) : {}]
+        end
+      end
+    end
+
+    it "a server killed and restarted empty, flushed, paused shorter and longer than the lease: " \
+       "0 overlapping sections, tokens strictly increasing, locking goes on" do
+      out, status, result = run_quorum_chaos("--quick")
+
+      expect(status.exitstatus).to eq(0), out
+      expect(out).to match(/^OVERLAPPING SECTIONS\s+0$/)
+      expect(out).to match(/^TOKENS NOT INCREASING \(in section order\)\s+0$/)
+      expect(result["faults"]).to eq("restart" => 1, "flush" => 1, "short_pause" => 1, "long_pause" => 1)
+      expect(result["sections_during_faults"]).to be > 0
+      expect(result["crashes"]).to eq([])
+    end
+
+    it "finds the overlaps when the sections run without the mutex (--no-lock), and exits 1" do
+      out, status, result = run_quorum_chaos("--no-lock", "--rounds", "0", "--procs", "3")
+
+      expect(status.exitstatus).to eq(1), out
+      expect(result["overlaps"]).to be > 0
+      expect(out).to match(/^FAIL/)
+    end
+  end
 end
