@@ -19,6 +19,9 @@ module MegaMutex
   #   config.mega_mutex.memcache_servers = ["mc1:11211", "mc2:11211"]
   #   config.mega_mutex.namespace = "myapp_#{Rails.env}"
   #   config.mega_mutex.lock_ttl = 60
+  #
+  # @example MariaDB: the application's own database (mysql2 or trilogy adapter)
+  #   config.mega_mutex.backend = :mysql     # the primary database of config/database.yml
   class Railtie < ::Rails::Railtie
     config.mega_mutex = ActiveSupport::OrderedOptions.new
 
@@ -56,12 +59,54 @@ module MegaMutex
             raise ArgumentError, "config.mega_mutex.#{name}: #{e.message}"
           end
           config.logger = logger if !given.key?(:logger) && config.logger.nil? && !logger.nil?
+          use_active_record_database(config)
           begin
             config.validate!
           rescue ArgumentError => e
             raise ArgumentError, "config.mega_mutex: #{e.message}"
           end
         end
+      end
+
+      # Adapters whose database settings backend :mysql can use.
+      MYSQL_ADAPTERS = %w[mysql2 trilogy mysql].freeze
+
+      # With backend :mysql and no server given (no mysql_url, no
+      # MEGA_MUTEX_MYSQL_URL), the application's own database: its settings
+      # for this environment (config/database.yml, its primary database),
+      # when that is MariaDB/MySQL (mysql2 or trilogy). MegaMutex opens
+      # sessions of its own to it, never ActiveRecord's connections.
+      # @param config [Configuration] being configured
+      # @return [void]
+      def use_active_record_database(config)
+        return unless config.backend == :mysql && config.mysql_settings.nil?
+        return unless ENV.fetch("MEGA_MUTEX_MYSQL_URL", "").empty?
+
+        settings = mysql_database_settings
+        config.mysql_settings = settings if settings
+      end
+
+      # The primary database's settings for this environment, if MySQL.
+      # @param all [Hash, nil] database.yml as Rails reads it (default: the application's)
+      # @param env [String] the environment
+      # @return [Hash, nil]
+      def mysql_database_settings(all = application_databases, env = ::Rails.env.to_s)
+        entry = all.is_a?(Hash) ? all[env] : nil
+        # A multi-database environment nests them by name: the primary one.
+        if entry.is_a?(Hash) && !entry.key?("adapter")
+          entry = entry["primary"] || entry.values.find { |v| v.is_a?(Hash) && v.key?("adapter") }
+        end
+        return nil unless entry.is_a?(Hash) && MYSQL_ADAPTERS.include?(entry["adapter"].to_s)
+
+        entry
+      end
+
+      private
+
+      def application_databases
+        ::Rails.application&.config&.database_configuration
+      rescue StandardError
+        nil # no config/database.yml: nothing to take
       end
     end
   end
