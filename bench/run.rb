@@ -322,7 +322,7 @@ module Bench
       deadline = Bench.now + 30 + count
       while got < count
         raise "workers did not get ready (#{got}/#{count})#{worker_errors(dir)}" if Bench.now > deadline
-        break unless ready_r.wait_readable(1)
+        next unless ready_r.wait_readable(1) # a loaded machine: workers may take seconds to get ready
 
         chunk = ready_r.read_nonblock(4096, exception: false)
         break if chunk.nil?

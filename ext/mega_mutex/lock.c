@@ -23,6 +23,10 @@
 #include "lock.h"
 #include "local_queue.h"
 
+/* See poll_store: a waiter that has seen k holders come and go restarts
+ * from this many backoff_min / k (k >= this: from backoff_min). */
+#define MM_NEWCOMER_FACTOR 16.0
+
 double mm_monotonic(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -112,7 +116,8 @@ static mm_status wait_in_store(mm_store *store, mm_bytes key, mm_bytes token, un
  * attempt already found the lock held (holder filled). */
 static mm_status poll_store(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl, const mm_wait_policy *policy,
                             mm_waker *waker, mm_lease_record *lease, mm_holder *holder, mm_acquire_stats *stats,
-                            double start, double deadline, int tried) {
+                            double deadline, int tried) {
+  unsigned long changes = 0; /* holders seen to come and go during this wait */
   double backoff = policy->backoff_min;
   struct timespec seed_ts;
   clock_gettime(CLOCK_REALTIME, &seed_ts);
@@ -122,9 +127,10 @@ static mm_status poll_store(mm_store *store, mm_bytes key, mm_bytes token, unsig
   mm_status st = MM_HELD;
 
   /* Who held it at the last attempt: a lock that changes hands between two
-   * attempts is turning over quickly, so the backoff starts again from the
-   * minimum; one held by the same holder all along gets polled less and less
-   * often, down to one attempt per backoff_max. */
+   * attempts is turning over quickly, so the backoff starts again (from
+   * backoff_min for a waiter that has seen many changes, from more for a
+   * newcomer); one held by the same holder all along gets polled less and
+   * less often, down to one attempt per backoff_max. */
   char seen[MM_TOKEN_MAX + 1];
   size_t seen_len = 0;
   uint64_t seen_version = 0;
@@ -141,12 +147,18 @@ static mm_status poll_store(mm_store *store, mm_bytes key, mm_bytes token, unsig
     int changed = !seen_any || holder->version != seen_version || holder->token_len != seen_len ||
                   memcmp(holder->token, seen, seen_len) != 0;
     if (changed && seen_any) {
-      /* Aging: a waiter that has already waited long, on a lock that keeps
-       * changing hands, polls more often (down to half of backoff_min),
-       * so the longest waits shrink without the newcomers polling faster. */
-      double waited = mm_monotonic() - start;
-      backoff = policy->backoff_min / (1 + waited / (16 * policy->backoff_min));
-      if (backoff < policy->backoff_min / 2) backoff = policy->backoff_min / 2;
+      /* Seniority: the lock changed hands, and not to this waiter. One that
+       * has seen few changes is a newcomer: it restarts its backoff from
+       * MM_NEWCOMER_FACTOR x backoff_min / changes, so that those that have
+       * waited through many changes - polling from backoff_min - go first,
+       * and newcomers cost the server little. (Restarting every waiter from
+       * backoff_min, and older ones from less, cost 18 requests per
+       * acquisition with 8 processes and 100 with 32, and the pollers'
+       * CPU slowed the holders down: bench/run.rb, docs/benchmarks.md.) */
+      changes++;
+      backoff = policy->backoff_min * MM_NEWCOMER_FACTOR / (double) changes;
+      if (backoff < policy->backoff_min) backoff = policy->backoff_min;
+      if (backoff > policy->backoff_max) backoff = policy->backoff_max;
     }
     memcpy(seen, holder->token, holder->token_len);
     seen_len = holder->token_len;
@@ -218,7 +230,7 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
     }
     tried = 0; /* the turn: the holder seen before is old news */
   }
-  st = poll_store(store, key, token, ttl, policy, waker, lease, holder, stats, start, deadline, tried);
+  st = poll_store(store, key, token, ttl, policy, waker, lease, holder, stats, deadline, tried);
 done:
   if (queued) mm_lq_leave(&w);
   stats->waited = mm_monotonic() - start;
