@@ -73,7 +73,9 @@ end
 # The abstract distributed mutex: a subclass defines the private methods
 # get_lock and release_lock (each returns true when done).
 class DistributedMutex < Mutex
+  # Seconds #lock waits unless told otherwise.
   DEFAULT_TIMEOUT = 1
+  # Whether #lock raises MutexLockTimeout (instead of returning false) unless told otherwise.
   DEFAULT_EXCEPTION_ON_TIMEOUT = false
 
   # @return [Object] the lock's key

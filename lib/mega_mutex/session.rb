@@ -117,4 +117,5 @@ module MegaMutex
       end
     end
   end
+  private_constant :Session
 end
