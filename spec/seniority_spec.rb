@@ -1,0 +1,72 @@
+# frozen_string_literal: true
+
+require "socket"
+
+# Waiting by seniority (ext/mega_mutex/lock.c, poll_store): on a lock that
+# keeps changing hands, a waiter that has seen k holders come and go restarts
+# its backoff from 16 x backoff_min / k (never below backoff_min), so
+# newcomers poll rarely and those that have waited through many changes poll
+# from backoff_min. Attempts are counted by the C wait loop; the two windows
+# compared run on the same machine in the same example, with a wide margin.
+RSpec.describe "waiting by seniority" do
+  let(:server) { MemcachedServer.new.start }
+
+  before { MegaMutex.configure { |c| c.memcache_servers = [server.address] } }
+  after { server.stop }
+
+  # The attempts of one wait of `seconds` on `key` (never taken: the churn
+  # keeps it held all along).
+  def attempts_while_waiting(key, seconds)
+    client = MegaMutex::Native::Client.new(MegaMutex.configuration.server_addresses, 1000, 1000, 1)
+    state = Object.new
+    expect(client._acquire(state, key, "waiter", 10, seconds, 0.002, 0.05)).to be(false)
+    state.instance_variable_get(:@attempts)
+  ensure
+    client&.close
+  end
+
+  # Hands `key` from holder to holder every `every` seconds (a plain set:
+  # never free) while the block runs.
+  def churn(key, every)
+    stop = false
+    first = Queue.new
+    thread = Thread.new do
+      Socket.tcp("127.0.0.1", server.port) do |sock|
+        n = 0
+        until stop
+          n += 1
+          sock.write("set #{key} 0 30 #{"holder-#{n}".bytesize}\r\nholder-#{n}\r\n")
+          sock.gets # STORED
+          first << true if n == 1
+          sleep every
+        end
+      end
+    end
+    wait_for(message: "the first holder") { !first.empty? || !thread.alive? }
+    thread.value unless thread.alive? # raises what stopped it
+    yield
+  ensure
+    stop = true
+    thread&.join
+  end
+
+  it "polls rarely while new to a busy lock and from backoff_min once it has seen many changes" do
+    key = key_for("busy")
+    newcomer = senior = nil
+    churn(key, 0.01) do
+      early = attempts_while_waiting(key, 0.15)
+      whole = attempts_while_waiting(key, 0.6)
+      newcomer = early / 0.15
+      senior = (whole - early) / 0.45 # the same wait's attempts after its first 0.15 s
+    end
+    # Restarting every waiter from backoff_min polls about as often early as
+    # late; by seniority the late rate is several times the early one.
+    expect(senior).to be > 1.5 * newcomer
+  end
+
+  it "still polls a lock held by one holder at most about once per backoff_max" do
+    key = key_for("steady")
+    server.command("set #{key} 0 30 6\r\nholder")
+    expect(attempts_while_waiting(key, 1.0)).to be_between(10, 60)
+  end
+end
