@@ -96,6 +96,7 @@ typedef struct {
   unsigned port;
   char label[300];
   int fd;
+  uint64_t generation; /* of the open connection (unique in the process); 0 when closed */
   int connecting;
   double retry_at;
   char connect_error[400]; /* why the last connect failed */
@@ -135,8 +136,24 @@ typedef struct {
   double answered_at;
 } q_server;
 
+/* Connections and takes get numbers unique in the process: a number read
+ * back from a lease record names one connection, one take, nowhere else. */
+static uint64_t generation_counter;
+
+/* The last take of a store: the CAS of its item on each server won, read on
+ * the connection still open if its generation is unchanged - then a
+ * release is one round trip (a cas that expires the item only if nobody
+ * changed it since). */
+typedef struct {
+  uint64_t id; /* 0: none */
+  char key[MM_KEY_MAX];
+  size_t key_len;
+  uint64_t cas[MM_QUORUM_MAX_SERVERS], generation[MM_QUORUM_MAX_SERVERS];
+} q_last_take;
+
 typedef struct {
   mm_store base;
+  q_last_take last;
   mm_store_ops ops; /* max_ttl is this store's */
   q_server *servers;
   size_t n, majority;
@@ -177,6 +194,7 @@ static int mature(const q_store *q, const q_server *s, double now) {
 static void srv_close(q_server *s) {
   if (s->fd >= 0) close(s->fd);
   s->fd = -1;
+  s->generation = 0;
   s->connecting = 0;
   s->probed = 0;
   s->rpos = s->rlen = 0;
@@ -254,6 +272,7 @@ static int srv_connect(q_store *q, q_server *s, double now) {
     return -1;
   }
   s->fd = fd;
+  s->generation = __atomic_add_fetch(&generation_counter, 1, __ATOMIC_RELAXED);
   s->connecting = 1;
   s->probed = 0;
   s->rpos = s->rlen = 0;
@@ -939,24 +958,76 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   memset(lease, 0, sizeof *lease);
   lease->valid_until = valid_until;
   lease->fencing_token = t;
+  q->last.id = __atomic_add_fetch(&generation_counter, 1, __ATOMIC_RELAXED);
+  memcpy(q->last.key, key.ptr, key.len);
+  q->last.key_len = key.len;
+  for (size_t i = 0; i < q->n; i++) {
+    q_server *s = &q->servers[i];
+    q->last.generation[i] = won[i] && s->state == SR_DONE ? s->generation : 0;
+    q->last.cas[i] = s->lock_cas;
+  }
+  memcpy(lease->state, &q->last.id, sizeof q->last.id);
   base->maybe_applied = 0;
   return MM_OK;
 }
 
+/* The short path: the take's CAS on each server won, on the connection it
+ * was read on (see q_last_take). Marks released[i] where the item was
+ * ours, unchanged, and is now gone. */
+static mm_status release_short(q_store *q, mm_bytes key, mm_bytes token, int *released, int *uncertain) {
+  double now = now_s();
+  int any = 0;
+  for (size_t i = 0; i < q->n; i++) {
+    q_server *s = &q->servers[i];
+    s->state = SR_IDLE;
+    if (q->last.generation[i] == 0 || s->generation != q->last.generation[i] || s->fd < 0 || s->connecting) continue;
+    if (!srv_begin(q, s, now, 1)) continue;
+    srv_write(s, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, Q_EXPIRE_NOW, token.len,
+              (unsigned long long) q->last.cas[i], (int) token.len, token.ptr);
+    s->wrote_store = 1;
+    srv_expect(s, EX_STATUS, STORE_REPLIES);
+    any = 1;
+  }
+  q->last.id = 0;
+  if (!any) return MM_OK;
+  q->base.maybe_applied = 1;
+  mm_status st = run(q, 0);
+  now = now_s();
+  for (size_t i = 0; i < q->n; i++) {
+    q_server *s = &q->servers[i];
+    released[i] = s->state == SR_DONE && s->nstatus == 1 && s->status[0] == 0 && mature(q, s, now);
+    uncertain[i] = s->state == SR_FAILED && s->wrote_store;
+  }
+  return st;
+}
+
 static mm_status q_release(mm_store *base, mm_bytes key, mm_bytes token, const mm_lease_record *lease, int unknown) {
   q_store *q = (q_store *) base;
-  (void) lease;
   base->maybe_applied = unknown;
+  int released[MM_QUORUM_MAX_SERVERS] = {0}, uncertain[MM_QUORUM_MAX_SERVERS] = {0};
+  size_t done_short = 0;
+  uint64_t id = 0;
+  if (lease != NULL) memcpy(&id, lease->state, sizeof id);
+  if (id != 0 && id == q->last.id && key.len == q->last.key_len && memcmp(key.ptr, q->last.key, key.len) == 0) {
+    mm_status st = release_short(q, key, token, released, uncertain);
+    if (st == MM_INTERRUPTED) return st;
+    for (size_t i = 0; i < q->n; i++) done_short += (size_t) released[i];
+    if (done_short >= q->majority) {
+      base->maybe_applied = 0;
+      return MM_OK; /* ours on a majority, now gone there; the rest expires */
+    }
+  }
   mm_status st = read_all(q, key, 0, NULL, 0);
   if (st == MM_INTERRUPTED) return st;
   double now = now_s();
   if (count_mature_done(q, now) < q->majority) return no_majority(q, "release a lock", now);
   int which[MM_QUORUM_MAX_SERVERS];
-  size_t ours = 0, others = 0;
+  size_t ours = done_short, others = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     which[i] = holds(s, token);
-    if (which[i] && mature(q, s, now)) ours++;
+    if (which[i] && mature(q, s, now) && !released[i]) ours++;
+    else if (uncertain[i] && s->state == SR_DONE && !s->got_lock && mature(q, s, now)) ours++; /* our cas took */
     else if (s->state == SR_DONE && s->got_lock && !which[i] && mature(q, s, now)) others++;
   }
   base->maybe_applied = 1;
@@ -984,6 +1055,7 @@ static mm_status q_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_
     else if (s->state == SR_DONE && s->got_lock && mature(q, s, now)) others++;
   }
   if (ours < q->majority) return others > 0 ? MM_HELD : MM_ABSENT;
+  if (key.len == q->last.key_len && memcmp(key.ptr, q->last.key, key.len) == 0) q->last.id = 0; /* CAS changes */
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     if (s->state != SR_DONE) {
