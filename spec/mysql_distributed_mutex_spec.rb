@@ -90,6 +90,22 @@ RSpec.describe "require 'mega_mutex/distributed_mutex'" do
     expect { MySQLMutex.new("c", 1, false, 42) }.to raise_error(ArgumentError, /connection must be/)
   end
 
+  it "refuses a key this thread holds through another server's settings (adopting it would not lock that server)" do
+    other = Servers::MariaDB.new.start
+    begin
+      here = MySQLMutex.new("same-key")
+      expect(here.lock).to be(true)
+      expect { MySQLMutex.new("same-key", 1, false, other.url).lock }.to raise_error(MegaMutex::Error, /another MySQL server/)
+      expect(here.unlock).to be(true)
+      there = MySQLMutex.new("same-key", 1, false, other.url)
+      expect(there.lock).to be(true)
+      expect(other.lock_holder(MegaMutex::Native::Client._mysql_lock_name(there.instance_variable_get(:@lock).key))).not_to be_nil
+      expect(there.unlock).to be(true)
+    ensure
+      other.stop
+    end
+  end
+
   it "lets a subclass that defines get_lock and release_lock use the frame" do
     klass = Class.new(DistributedMutex) do
       attr_reader :calls

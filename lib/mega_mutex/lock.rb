@@ -536,6 +536,14 @@ module MegaMutex
         # (outside Process._fork and Process.daemon) must never adopt a hold
         # of its parent's, which would let two holders in.
         if hold.pid == Process.pid
+          # A session lock lives on one server: the same key held through
+          # another server's pool (MySQLMutex's connection argument) is not
+          # this lock, and adopting it would let a second holder in there.
+          if hold.session && !hold.pool.equal?(@pool)
+            raise Error, "this thread already holds #{@key} through another MySQL server's settings: " \
+                         "a lock name can be held through one server at a time per thread"
+          end
+
           Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
           return true
         end

@@ -16,6 +16,12 @@ module MegaMutex
   # A client that cannot be made because the process is out of file
   # descriptors or memory raises {ConnectionError} naming the cause.
   #
+  # With a session store (`config.backend = :mysql`) a client is one
+  # MariaDB session: a thread that takes a lock checks one out through
+  # {Session} and keeps it until its last lock on it is released, so a
+  # client given back here never holds a lock; one whose request failed is
+  # closed instead of given back.
+  #
   # With `config.backend = :memory` its clients are clients of this
   # process's memory store ({MemoryStore}, autoloaded on first use:
   # Native::Client.memory), checked out and in like connections, and no
