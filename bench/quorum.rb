@@ -81,7 +81,7 @@ if Servers::Redis.available?
   500.times { cycle.call("bench") }
   us = median(Array.new(5) { time_cycles(cycles) { cycle.call("bench") } })
   per_s = contended { cycle.call("hot") }
-  rows << ["redlock-rb 2.x, 3 redis", us, per_s]
+  rows << ["redlock-rb 2.1, 3 redis", us, per_s]
   redis.each(&:stop)
 else
   rows << ["redlock-rb, 3 redis", nil, nil]
