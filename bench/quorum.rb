@@ -69,6 +69,23 @@ rows = []
   rows << [label, us, per_s]
 end
 
+# The floor: the same store calls without the Ruby layer (Native::Client's
+# _acquire and _release on one quorum client, no Lock, no pool, no renewer).
+begin
+  MegaMutex.reset_configuration!
+  MegaMutex.configure { |c| QuorumServers.configure(c, quorum) }
+  client = MegaMutex.configuration.new_client
+  state = Object.new
+  floor = lambda do
+    client._acquire(state, "bench:floor", "floor-token", 2, 0, 0.002, 0.05) or raise "floor: not taken"
+    client._release("bench:floor", "floor-token", state.instance_variable_get(:@version))
+  end
+  500.times { floor.call }
+  us = median(Array.new(5) { time_cycles(cycles) { floor.call } })
+  rows.insert(1, ["  its floor (the C store alone)", us, nil])
+  client.close
+end
+
 if Servers::Redis.available?
   require "redlock"
   redis = Array.new(3) { Servers.start(:redis) }
