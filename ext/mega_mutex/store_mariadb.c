@@ -543,7 +543,7 @@ static void quote(my_store *s, const char *in, char *out) {
 
 /* The holder of `name`: MM_OK (holder filled), MM_ABSENT, or an error. */
 static mm_status read_holder(my_store *s, const char *name, mm_holder *holder, unsigned long *holder_id) {
-  char qn[140], q[700];
+  char qn[140], q[1200];
   quote(s, name, qn);
   char companion[COMPANION_MAX + 1], prefix[21];
   mm_bytes none = {"", 0};
@@ -596,7 +596,7 @@ static double my_renew_after(const mm_store *st, uint32_t ttl) {
  * late may cut the first try short (1317): tried again once. Anything
  * else ends the session, which frees all it had. */
 static void give_back_if_ours(my_store *s, const char *qn, const char *qc) {
-  char q[600];
+  char q[1200];
   if (qc)
     snprintf(q, sizeof q, "SELECT IF(IS_USED_LOCK(%s) = CONNECTION_ID(), RELEASE_LOCK(%s), 0), RELEASE_LOCK(%s)", qn,
              qn, qc);
@@ -744,7 +744,7 @@ static mm_status my_release(mm_store *st, mm_bytes key, mm_bytes token, const mm
   }
   if (s->conn == NULL) return MM_ABSENT; /* no session: it holds nothing */
   if (cancelled(s)) return MM_INTERRUPTED; /* nothing sent */
-  char name[65], companion[COMPANION_MAX + 1], prefix[21], qn[140], qc[2 * COMPANION_MAX + 4], q[700];
+  char name[65], companion[COMPANION_MAX + 1], prefix[21], qn[140], qc[2 * COMPANION_MAX + 4], q[1200];
   mm_mariadb_lock_name(key, name);
   quote(s, name, qn);
   int with_companion = (lease == NULL ? s->mdl : (int) ml.companion) && companion_name(name, token, companion, prefix);
