@@ -69,4 +69,18 @@ RSpec.describe "The :quorum backend's configuration" do
   ensure
     servers&.each(&:stop)
   end
+
+  it "Native::Client._evicting_servers names the memcached servers started without -M (for the :memcached store's log)" do
+    evicting = Servers::Memcached.new(args: %w[-m 64]).start
+    kept = Servers::Memcached.new(args: %w[-M]).start
+    addresses = [evicting, kept].map { |s| ["127.0.0.1", s.port] }
+    expect(MegaMutex::Native::Client._evicting_servers(addresses, 500, 500))
+      .to eq(["#{evicting.address} may evict items (started without -M): a lock on it can vanish before its lease ends"])
+    expect(MegaMutex::Native::Client._evicting_servers([["127.0.0.1", kept.port]], 500, 500)).to eq([])
+    kept.stop # a server that does not answer is left out
+    expect(MegaMutex::Native::Client._evicting_servers([["127.0.0.1", kept.port]], 500, 500)).to eq([])
+    expect { MegaMutex::Native::Client._evicting_servers([], 500, 500) }.to raise_error(ArgumentError, /1 to 15/)
+  ensure
+    [evicting, kept].compact.each(&:stop)
+  end
 end

@@ -1215,10 +1215,10 @@ static const mm_store_ops quorum_ops = {
     .abandon = q_destroy, /* close() only drops the child's reference: nothing is sent */
 };
 
-mm_store *mm_quorum_store_new(const mm_quorum_options *opts, char *errbuf, size_t errlen) {
-  if (opts->server_count < MM_QUORUM_MIN_SERVERS || opts->server_count > MM_QUORUM_MAX_SERVERS) {
-    snprintf(errbuf, errlen, "a quorum needs %d to %d memcached servers (got %zu)", MM_QUORUM_MIN_SERVERS,
-             MM_QUORUM_MAX_SERVERS, opts->server_count);
+static mm_store *quorum_new(const mm_quorum_options *opts, size_t min, char *errbuf, size_t errlen) {
+  if (opts->server_count < min || opts->server_count > MM_QUORUM_MAX_SERVERS) {
+    snprintf(errbuf, errlen, "a quorum needs %zu to %d memcached servers (got %zu)", min, MM_QUORUM_MAX_SERVERS,
+             opts->server_count);
     return NULL;
   }
   if (opts->max_ttl < 1 || opts->max_ttl > 2592000U - Q_WIRE_MARGIN) {
@@ -1263,4 +1263,16 @@ mm_store *mm_quorum_store_new(const mm_quorum_options *opts, char *errbuf, size_
   q->io_timeout = opts->io_timeout_ms / 1000.0;
   q->max_ttl = opts->max_ttl;
   return &q->base;
+}
+
+mm_store *mm_quorum_store_new(const mm_quorum_options *opts, char *errbuf, size_t errlen) {
+  return quorum_new(opts, MM_QUORUM_MIN_SERVERS, errbuf, errlen);
+}
+
+int mm_memcached_probe_evictions(const mm_quorum_options *opts, char *out, size_t outlen) {
+  mm_store *store = quorum_new(opts, 1, out, outlen);
+  if (store == NULL) return -1;
+  mm_quorum_store_probe(store, out, outlen);
+  q_destroy(store);
+  return 0;
 }

@@ -32,4 +32,9 @@ mm_store *mm_quorum_store_new(const mm_quorum_options *opts, char *errbuf, size_
  * the log. Without the GVL. */
 void mm_quorum_store_probe(mm_store *store, char *out, size_t outlen);
 
+/* For any memcached servers (1 to MM_QUORUM_MAX_SERVERS; max_ttl unused but
+ * 1 to 30 days): connects to each once and fills `out` as
+ * mm_quorum_store_probe does. 0, or -1 with the error in `out`. */
+int mm_memcached_probe_evictions(const mm_quorum_options *opts, char *out, size_t outlen);
+
 #endif
