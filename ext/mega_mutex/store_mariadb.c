@@ -5,8 +5,8 @@
  * A session store: a lock lives as long as the connection (session) that
  * took it. The server frees it the moment that session ends - a holder
  * killed, a KILL, a restart, or wait_timeout seconds of silence (set from
- * lock_ttl; the renewer's refresh every ttl/3 keeps a live holder's session
- * busy enough). The store never reconnects a session that holds a lock:
+ * lock_ttl + 2 s, the slack memcached's leases get on the wire; the
+ * renewer's refresh every ttl/3 keeps a live holder's session busy enough). The store never reconnects a session that holds a lock:
  * once it breaks, its locks are lost, and refresh and release say so.
  * Each session gets a generation number; a lease record names the
  * generation it was taken in, so a hold from a session that is gone can
@@ -67,6 +67,8 @@
 
 #define SLICE 10.0              /* longest single GET_LOCK wait, seconds */
 #define MAX_TTL 2592000u        /* lock_ttl limit (wait_timeout takes up to a year) */
+#define WAIT_MARGIN 2u          /* wait_timeout = lock_ttl + this: the same slack as memcached's lease on the wire,
+                                   for a refresh that comes a little late (a renewer waiting for the GVL) */
 #define COMPANION_MAX 192       /* MariaDB's limit on a lock name */
 #define LEASE_MAGIC 0x62646169726d6d6dULL /* "mmmariadb" */
 #define ER_LOCK_DEADLOCK_CODE 1213
@@ -490,7 +492,7 @@ static mm_status session_open(my_store *s, unsigned ttl) {
   s->holding = 0;
   s->generation++;
   char q[200];
-  snprintf(q, sizeof q, "SET SESSION wait_timeout = %u", ttl);
+  snprintf(q, sizeof q, "SET SESSION wait_timeout = %u", ttl + WAIT_MARGIN);
   unsigned code;
   st = session_exec(s, q, 0, CANCEL_ABORT, NULL, &code, NULL);
   if (st == MM_OK) {
@@ -521,7 +523,7 @@ static mm_status session_ready(my_store *s, unsigned ttl) {
   if (s->conn == NULL) return session_open(s, ttl);
   if (ttl > s->session_ttl || (s->holding == 0 && ttl != s->session_ttl)) {
     char q[64];
-    snprintf(q, sizeof q, "SET SESSION wait_timeout = %u", ttl);
+    snprintf(q, sizeof q, "SET SESSION wait_timeout = %u", ttl + WAIT_MARGIN);
     unsigned code;
     mm_status st = session_exec(s, q, 0, CANCEL_ABORT, NULL, &code, NULL);
     if (st != MM_OK) return st;
