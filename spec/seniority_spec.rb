@@ -64,6 +64,38 @@ RSpec.describe "waiting by seniority" do
     expect(senior).to be > 1.5 * newcomer
   end
 
+  # Courtesy: a process that took a key after waiting for it pauses a little
+  # (backoff_min/8 to backoff_min/4) before its next try of that key, so
+  # that the waiters it has just given it back to get their turn. With a
+  # backoff_min of 0.4 s that pause is at least 50 ms.
+  it "pauses before taking again a key it had to wait for, and only such a key" do
+    client = MegaMutex::Native::Client.new(MegaMutex.configuration.server_addresses, 1000, 1000, 1)
+    take = lambda do |key|
+      state = Object.new
+      expect(client._acquire(state, key, "me", 10, 30, 0.4, 0.8)).to be(true)
+      expect(client._release(key, "me", state.instance_variable_get(:@version))).to be(true)
+      [state.instance_variable_get(:@attempts), state.instance_variable_get(:@waited)]
+    end
+
+    plain = key_for("plain")
+    expect(take.call(plain).first).to eq(1)
+    _, again = take.call(plain)
+    expect(again).to be < 0.05 # taken at its first try before: no pause
+
+    waited_for = key_for("waited-for")
+    server.command("set #{waited_for} 0 30 9\r\nsomeone-1")
+    gets = server.stats["cmd_get"].to_i
+    taker = Thread.new { take.call(waited_for) }
+    wait_for(message: "the waiter's second attempt") { server.stats["cmd_get"].to_i >= gets + 2 }
+    server.command("delete #{waited_for}")
+    attempts, = taker.value
+    expect(attempts).to be > 1
+    _, again = take.call(waited_for)
+    expect(again).to be >= 0.05
+  ensure
+    client&.close
+  end
+
   it "still polls a lock held by one holder at most about once per backoff_max" do
     key = key_for("steady")
     server.command("set #{key} 0 30 6\r\nholder")

@@ -91,6 +91,14 @@ static double next_random(uint64_t *state) {
   return (double) ((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0; /* [0, 1) */
 }
 
+static uint64_t new_seed(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t seed = ((uint64_t) ts.tv_nsec << 20) ^ (uint64_t) ts.tv_sec ^ ((uint64_t) getpid() << 40) ^
+                  (uint64_t) (uintptr_t) &ts;
+  return seed == 0 ? 0x9E3779B97F4A7C15ULL : seed;
+}
+
 /* A store that waits in the server (MM_CAP_WAIT): one try, then its own
  * wait, woken by the release and ended by the waker (the store watches the
  * same eventfd). */
@@ -101,9 +109,11 @@ static mm_status wait_in_store(mm_store *store, mm_bytes key, mm_bytes token, un
   mm_status st = store->ops->try_take(store, key, token, ttl, lease, holder);
   if (st == MM_HELD && policy->timeout != 0) {
     stats->attempts = 2;
+    /* A bounded wait whose time ran out during the try ends here: a
+     * negative timeout means "for ever" to wait_take. */
     double left = policy->timeout < 0 ? -1 : policy->timeout - (mm_monotonic() - start);
-    st = left >= 0 && left < 1e-6 ? MM_TIMEOUT
-                                   : store->ops->wait_take(store, key, token, ttl, left, lease, holder);
+    st = policy->timeout >= 0 && left < 1e-6 ? MM_TIMEOUT
+                                              : store->ops->wait_take(store, key, token, ttl, left, lease, holder);
   } else if (st == MM_HELD) {
     st = MM_TIMEOUT;
   }
@@ -119,11 +129,7 @@ static mm_status poll_store(mm_store *store, mm_bytes key, mm_bytes token, unsig
                             double deadline, int tried) {
   unsigned long changes = 0; /* holders seen to come and go during this wait */
   double backoff = policy->backoff_min;
-  struct timespec seed_ts;
-  clock_gettime(CLOCK_REALTIME, &seed_ts);
-  uint64_t seed = ((uint64_t) seed_ts.tv_nsec << 20) ^ (uint64_t) seed_ts.tv_sec ^
-                  ((uint64_t) getpid() << 40) ^ (uint64_t) (uintptr_t) &seed;
-  if (seed == 0) seed = 0x9E3779B97F4A7C15ULL;
+  uint64_t seed = new_seed();
   mm_status st = MM_HELD;
 
   /* Who held it at the last attempt: a lock that changes hands between two
@@ -184,6 +190,46 @@ static mm_status poll_store(mm_store *store, mm_bytes key, mm_bytes token, unsig
   return st;
 }
 
+/* Courtesy. A process that took a key after waiting for it, and wants it
+ * again soon after, has just given it back to waiters that are still
+ * polling: trying at once, it would take it again nearly every time (a
+ * release and the next call's try are microseconds apart; a waiter's poll
+ * lands in that gap rarely). So it first pauses a little (backoff_min/8 to
+ * backoff_min/4: a senior waiter polls every backoff_min/2 to backoff_min)
+ * and lets one of them in. (Measured with 8 and 32 processes against
+ * pauses of backoff_min/2..backoff_min and none: the shortest share rises
+ * from about 0.75 to 0.85 and the p99 wait drops by a fifth, for some of
+ * the throughput at 8 processes; docs/benchmarks.md.) Remembered per key, in
+ * a small table of this process (a hash and a time: a collision or a torn
+ * read only costs or saves one such pause; nothing here grants anything). */
+#define MM_COURTESY_SLOTS 64
+#define MM_COURTESY_WINDOW 1.0 /* seconds after such a take */
+static uint64_t courtesy_hash[MM_COURTESY_SLOTS];
+static uint64_t courtesy_until_us[MM_COURTESY_SLOTS];
+
+static uint64_t key_hash(const mm_store *store, mm_bytes key) {
+  uint64_t h = 1469598103934665603ULL ^ (uint64_t) (uintptr_t) store->ops;
+  for (size_t i = 0; i < key.len; i++) {
+    h ^= (unsigned char) key.ptr[i];
+    h *= 1099511628211ULL;
+  }
+  return h | 1; /* never 0, the empty slot */
+}
+
+static void courtesy_note(const mm_store *store, mm_bytes key, double now) {
+  uint64_t h = key_hash(store, key);
+  size_t slot = (size_t) (h >> 32) % MM_COURTESY_SLOTS;
+  __atomic_store_n(&courtesy_until_us[slot], (uint64_t) ((now + MM_COURTESY_WINDOW) * 1e6), __ATOMIC_RELAXED);
+  __atomic_store_n(&courtesy_hash[slot], h, __ATOMIC_RELAXED);
+}
+
+static int courtesy_due(const mm_store *store, mm_bytes key, double now) {
+  uint64_t h = key_hash(store, key);
+  size_t slot = (size_t) (h >> 32) % MM_COURTESY_SLOTS;
+  if (__atomic_load_n(&courtesy_hash[slot], __ATOMIC_RELAXED) != h) return 0;
+  return (double) __atomic_load_n(&courtesy_until_us[slot], __ATOMIC_RELAXED) > now * 1e6;
+}
+
 mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigned ttl,
                           const mm_wait_policy *policy, mm_waker *waker, mm_lease_record *lease,
                           mm_holder *holder, mm_acquire_stats *stats) {
@@ -206,6 +252,15 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
   if (policy->timeout != 0 && mm_lq_busy(store, key)) {
     queued = mm_lq_enter(store, key, &w);
   } else {
+    if (policy->timeout != 0 && courtesy_due(store, key, start)) {
+      uint64_t seed = new_seed();
+      double pause = policy->backoff_min / 8 + next_random(&seed) * policy->backoff_min / 8;
+      if (start + pause > deadline) pause = deadline - start;
+      if (pause > 0 && waker_sleep(waker, pause)) {
+        st = MM_INTERRUPTED;
+        goto done;
+      }
+    }
     stats->attempts++;
     st = store->ops->try_take(store, key, token, ttl, lease, holder);
     if (st != MM_HELD || policy->timeout == 0) {
@@ -234,5 +289,6 @@ mm_status mm_lock_acquire(mm_store *store, mm_bytes key, mm_bytes token, unsigne
 done:
   if (queued) mm_lq_leave(&w);
   stats->waited = mm_monotonic() - start;
+  if (st == MM_OK && (stats->attempts > 1 || queued)) courtesy_note(store, key, start + stats->waited);
   return st;
 }
