@@ -25,6 +25,19 @@ RSpec.shared_examples "contract: timeouts" do
       expect(MegaMutex::Lock.holds).to be_empty
     end
 
+    it "a timeout that runs out during the first try gives up: it never becomes a wait for ever" do
+      # Microseconds: the first try alone takes about that long, so the wait
+      # that follows it has no time left (a negative wait means "for ever"
+      # to a store that waits in the server).
+      200.times do |i|
+        timeout = (1 + i % 10) * 1e-6
+        expect { Timeout.timeout(5) { MegaMutex::Lock.new("busy").lock(timeout: timeout) } }
+          .to raise_error(MegaMutex::TimeoutError)
+      end
+      expect(MegaMutex.get_current_lock("busy")).to eq(holder.token)
+      expect(MegaMutex::Lock.holds).to be_empty
+    end
+
     it "timeout n waits at least n seconds, then raises, having taken nothing" do
       lock = MegaMutex::Lock.new("busy")
       started = monotonic
