@@ -59,7 +59,6 @@ module QuorumChaos
   # One worker process: sections until told to stop, each logged as
   # "S enter exit token" in one write(2); errors counted as "C class".
   def self.worker(dir, servers, opts, stop_file)
-    MegaMutex.forked!
     MegaMutex.reset_configuration!
     MegaMutex.configure do |c|
       c.backend = :quorum

@@ -27,10 +27,12 @@ RSpec.describe "Fencing tokens" do
     log = Tempfile.new("fences")
     pids = Array.new(4) do
       fork do
-        MegaMutex.forked!
-        20.times do
-          MegaMutex.with_distributed_mutex("job", timeout: 30) do |lock|
-            File.open(log.path, "a") { |f| f.puts("#{Process.pid} #{lock.fencing_token}") }
+        # O_APPEND, one write(2) a line: the file's order is the sections' order.
+        File.open(log.path, File::WRONLY | File::APPEND) do |f|
+          20.times do
+            MegaMutex.with_distributed_mutex("job", timeout: 30) do |lock|
+              f.syswrite("#{Process.pid} #{lock.fencing_token}\n")
+            end
           end
         end
         exit!(0)
@@ -52,11 +54,9 @@ RSpec.describe "Fencing tokens" do
     reader, writer = IO.pipe
     pid = fork do
       reader.close
-      MegaMutex.forked!
       lock = MegaMutex::Lock.new("job")
       lock.lock
-      writer.puts(lock.fencing_token)
-      writer.flush
+      writer.syswrite("#{lock.fencing_token}\n")
       sleep # paused below, then killed
     end
     writer.close
