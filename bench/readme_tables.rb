@@ -52,6 +52,21 @@ unless zero.empty?
          "#{x['wait_p50_ms'].round(2)} | #{x['wait_p99_ms'].round(1)} | #{x['requests_per_acquisition']} |"
   end
 end
+th = r["threads"]
+if th
+  puts
+  puts "Threads: #{th['procs']} processes on one key, hold 1 ms, 1 thread each against #{th['threads']} threads each " \
+       "(median of #{th['rounds']} rounds of #{th['seconds']} s):"
+  puts
+  puts "| processes × threads | acq/s | share min / max (processes) | thread share min | wait p50 ms | wait p99 ms | req/acq |"
+  puts "|---|---:|---:|---:|---:|---:|---:|"
+  th["runs"].each do |x|
+    puts "| #{x['procs']} × #{x['threads']} | #{x['throughput'].round} | #{x['min_share']} / #{x['max_share']} | " \
+         "#{x['thread_min_share']} | #{x['wait_p50_ms'].round(2)} | #{x['wait_p99_ms'].round(1)} | #{x['requests_per_acquisition']} |"
+  end
+  puts
+  puts "Requests per acquisition, × #{th['threads']} threads / × 1: #{th['ratio']}."
+end
 s = r["scaling"]
 puts
 puts "Scaling, distinct keys, hold 0 (median of #{s['rounds']} rounds of #{s['seconds']} s):"

@@ -82,7 +82,8 @@ RSpec.describe "bench/run.rb --smoke" do
       expect(c["round_medians_us"].size).to eq(cycle["rounds"])
     end
     expect(cycle["ratios"].keys).to include("megamutex_over_floor", "fastest_peer", "fastest_peer_over_megamutex")
-    expect(@text).to match(%r{MegaMutex / floor = [\d.]+ \(target <= 1\.10: (PASS|MISS)\)})
+    expect(@text).to match(%r{MegaMutex / floor = [\d.]+ \(target <= 1\.25: (PASS|MISS)\)})
+    expect(@text).to match(%r{where MegaMutex's cycle goes: [\d.]+ µs the floor's two round trips, [+-][\d.]+ µs the C part})
     expect(@text).to match(%r{fastest peer \(\w+\) / MegaMutex = [\d.]+ \(target >= 1\.7: (PASS|MISS)\)})
   end
 
@@ -114,11 +115,28 @@ RSpec.describe "bench/run.rb --smoke" do
     expect(@json["waiting"].keys).to include("requests_per_second", "requests_per_attempt", "ceiling_requests_per_second",
                                              "steady_ceiling_requests_per_second", "backoff_min", "backoff_max")
     names = @json["targets"].map { |t| t["name"] }
-    expect(names).to include("cycle: MegaMutex / floor", "contention P=8 hold 1 ms: throughput / serial ideal",
-                             "contention P=8 hold 1 ms: min share", "contention P=8 hold 1 ms: p99 wait (ms)",
+    expect(names).to include("cycle: MegaMutex / floor", "P=8 hold 1 ms: throughput / serial ideal",
+                             "P=8 hold 1 ms: min share of fair", "P=8 hold 1 ms: p99 wait (ms)",
+                             "P=8 hold 1 ms: server requests per acquisition",
+                             "8 procs x 8 threads vs x 1: requests per acquisition",
                              "waiting: requests/s of one waiter vs ceiling")
+    # the smoke mode runs no 32 processes: those targets are named as not evaluated
+    expect(@json["notes"].join).to include("P=32 targets not evaluated")
     expect(@json["targets"]).to all(include("value", "target", "pass"))
     expect(@text.scan(/^ {3}(PASS|MISS) /).size).to eq(@json["targets"].size)
+  end
+
+  it "has the threads section: 8 processes x 1 thread against x 8 threads on one key, and their ratio" do
+    expect(@text).to include("== 2b. Threads")
+    threads = @json["threads"]
+    expect(threads["runs"].map { |r| r["threads"] }).to eq([1, 8])
+    threads["runs"].each do |r|
+      expect(r["procs"]).to eq(8)
+      expect(r["acquisitions"]).to be_positive
+      expect(r.keys).to include("requests_per_acquisition", "thread_min_share", "min_share", "wait_p99_ms")
+    end
+    expect(threads["ratio"]).to be_a(Numeric).and be_positive
+    expect(@text).to match(%r{x 8 threads / x 1 thread = [\d.]+ \(target <= 1\.2: (PASS|MISS)\)})
   end
 
   it "draws cycle.png and contention.png" do
