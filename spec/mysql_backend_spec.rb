@@ -147,6 +147,24 @@ RSpec.describe "backend :mysql" do
     end
   end
 
+  it "keeps a held lock while 16 CPU-bound threads hog the GVL (lock_ttl 1, held 10 s): the keeper needs no GVL", :slow do
+    use(db, lock_ttl: 1, on_lock_lost: :log)
+    stop = false
+    hogs = Array.new(16) { Thread.new { x = 0; x += 1 until stop } }
+    begin
+      lost, holder = MegaMutex.with_distributed_mutex("hog") do |lock|
+        deadline = monotonic + 10
+        nil while monotonic < deadline # this thread hogs it too
+        [lock.lost?, db.lock_holder(lock_name("hog"))]
+      end
+    ensure
+      stop = true
+      hogs.each(&:join)
+    end
+    expect(lost).to be(false)
+    expect(holder).not_to be_nil
+  end
+
   it "never lends a session that holds a lock to another thread (MariaDB would grant it again)" do
     lock = MegaMutex::Lock.new("p")
     lock.lock

@@ -40,6 +40,19 @@
  * doubt (no reply, a failed clean-up) ends the session, which frees all it
  * had.
  *
+ * The keeper. A holding session must not fall silent for wait_timeout
+ * seconds, whatever Ruby does: the renewer's refresh (lib/mega_mutex/
+ * renewer.rb) needs the GVL, which CPU-bound threads may keep from it for
+ * seconds. So one pthread per process ("mm mysql keep"), which needs no
+ * GVL, sends `DO 0` on each holding session that has been idle for
+ * lock_ttl / 3. Every request on a session holds the store's `io` mutex;
+ * the keeper only try-locks it (a busy session is not idle), so it never
+ * waits on a holder and never interleaves with its requests. A ping that
+ * fails ends the session (its locks are lost: the next refresh or release
+ * says so). The keeper keeps sessions alive; only the renewer's refresh
+ * verifies that a lock is still held. A paused process (SIGSTOP) pauses its
+ * keeper too, so a paused holder still loses its lock after wait_timeout.
+ *
  * Fork. A forked child never closes, quits or uses a session of its
  * parent (a COM_QUIT from the child would end the parent's session and its
  * locks): abandon points the descriptor at /dev/null before freeing.
@@ -52,6 +65,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,7 +89,7 @@
 #define ER_QUERY_INTERRUPTED_CODE 1317
 #define ER_UNKNOWN_TABLE_CODE 1109
 
-typedef struct {
+typedef struct my_store_s {
   mm_store base;
   char *host, *socket, *user, *password, *database;
   unsigned port;
@@ -89,6 +103,9 @@ typedef struct {
   int mdl;                /* the server lists named locks (METADATA_LOCK_INFO) */
   double last_io;         /* monotonic time of the session's last request */
   char where[320];
+  pthread_mutex_t io;     /* held for each request on the session: by the client's thread or the keeper */
+  struct my_store_s *kprev, *knext; /* in the keeper's list while the session holds locks */
+  int kept;               /* in that list (guarded by keeper_mu) */
 } my_store;
 
 /* What a lease record's state holds. */
@@ -904,10 +921,173 @@ static void my_abandon(mm_store *st) {
   free(s);
 }
 
+
+/* ---- the keeper ----------------------------------------------------------- */
+
+static pthread_mutex_t keeper_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t keeper_cv;
+static my_store *keeper_head;
+static int keeper_state; /* 0: not started; 1: running; -1: could not start (the renewer alone keeps sessions) */
+static pthread_once_t keeper_once = PTHREAD_ONCE_INIT;
+
+/* In a forked child: the parent's keeper does not exist here, its list
+ * names the parent's sessions (never to be touched), and keeper_mu may
+ * have been held at the fork. */
+static void keeper_atfork_child(void) {
+  pthread_mutex_init(&keeper_mu, NULL);
+  keeper_head = NULL;
+  keeper_state = 0;
+}
+
+static void keeper_init_once(void) {
+  pthread_condattr_t attr;
+  if (pthread_condattr_init(&attr) != 0 || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
+      pthread_cond_init(&keeper_cv, &attr) != 0) {
+    keeper_state = -1;
+    return;
+  }
+  pthread_condattr_destroy(&attr);
+  if (pthread_atfork(NULL, NULL, keeper_atfork_child) != 0) keeper_state = -1;
+}
+
+/* Under keeper_mu. */
+static void keeper_unlink(my_store *s) {
+  if (!s->kept) return;
+  if (s->kprev) s->kprev->knext = s->knext;
+  else keeper_head = s->knext;
+  if (s->knext) s->knext->kprev = s->kprev;
+  s->kprev = s->knext = NULL;
+  s->kept = 0;
+}
+
+static void *keeper_main(void *arg);
+
+/* After a request (s->io held): a session that holds locks is in the
+ * keeper's list, one that holds none is not. */
+static void keeper_update(my_store *s) {
+  int want = s->conn != NULL && s->holding > 0;
+  if (want == s->kept) return;
+  pthread_once(&keeper_once, keeper_init_once);
+  if (pthread_mutex_lock(&keeper_mu) != 0) return;
+  if (!want) {
+    keeper_unlink(s);
+  } else if (keeper_state >= 0) {
+    s->kprev = NULL;
+    s->knext = keeper_head;
+    if (keeper_head) keeper_head->kprev = s;
+    keeper_head = s;
+    s->kept = 1;
+    if (keeper_state == 0) {
+      pthread_t t;
+      pthread_attr_t attr;
+      int ok = pthread_attr_init(&attr) == 0;
+      ok = ok && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
+      ok = ok && pthread_create(&t, &attr, keeper_main, NULL) == 0;
+      if (ok) pthread_attr_destroy(&attr);
+      keeper_state = ok ? 1 : -1;
+      if (!ok) keeper_unlink(s);
+    }
+    pthread_cond_signal(&keeper_cv);
+  }
+  pthread_mutex_unlock(&keeper_mu);
+}
+
+static void *keeper_main(void *arg) {
+  (void) arg;
+  pthread_setname_np(pthread_self(), "mm mysql keep");
+  if (pthread_mutex_lock(&keeper_mu) != 0) return NULL;
+  for (;;) {
+    double now = mm_monotonic();
+    double next = now + 1.0;
+    my_store *due = NULL;
+    for (my_store *s = keeper_head; s != NULL; s = s->knext) {
+      if (pthread_mutex_trylock(&s->io) != 0) { /* busy: not idle */
+        if (now + 0.1 < next) next = now + 0.1;
+        continue;
+      }
+      double at = s->last_io + s->session_ttl / 3.0;
+      if (at <= now && s->conn != NULL) {
+        due = s; /* its io stays locked */
+        break;
+      }
+      pthread_mutex_unlock(&s->io);
+      if (at < next) next = at;
+    }
+    if (due != NULL) {
+      pthread_mutex_unlock(&keeper_mu);
+      char saved[MM_ERROR_MAX];
+      memcpy(saved, due->base.error, sizeof saved);
+      unsigned code;
+      session_exec(due, "DO 0", 0, CANCEL_IGNORE, NULL, &code, NULL); /* a failure ends the session */
+      memcpy(due->base.error, saved, sizeof saved);
+      if (pthread_mutex_lock(&keeper_mu) != 0) {
+        pthread_mutex_unlock(&due->io);
+        return NULL;
+      }
+      if (due->conn == NULL || due->holding == 0) keeper_unlink(due);
+      pthread_mutex_unlock(&due->io);
+      continue;
+    }
+    struct timespec ts;
+    double wake = keeper_head ? next : now + 3600;
+    ts.tv_sec = (time_t) wake;
+    ts.tv_nsec = (long) ((wake - (double) ts.tv_sec) * 1e9);
+    pthread_cond_timedwait(&keeper_cv, &keeper_mu, &ts);
+  }
+}
+
+/* Each request on the session, with its io mutex held; the keeper's list
+ * follows what the session holds. */
+#define WITH_IO(s, call)                                                                                               \
+  do {                                                                                                                 \
+    if (pthread_mutex_lock(&(s)->io) != 0) {                                                                           \
+      snprintf((s)->base.error, sizeof (s)->base.error, "MariaDB at %s: cannot lock the session (pthread)", (s)->where); \
+      return MM_ERR_SERVER;                                                                                            \
+    }                                                                                                                  \
+    mm_status r_ = (call);                                                                                             \
+    keeper_update(s);                                                                                                  \
+    pthread_mutex_unlock(&(s)->io);                                                                                    \
+    return r_;                                                                                                         \
+  } while (0)
+
+static mm_status k_try_take(mm_store *st, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease,
+                            mm_holder *holder) {
+  WITH_IO((my_store *) st, my_try_take(st, key, token, ttl, lease, holder));
+}
+static mm_status k_wait_take(mm_store *st, mm_bytes key, mm_bytes token, uint32_t ttl, double timeout,
+                             mm_lease_record *lease, mm_holder *holder) {
+  WITH_IO((my_store *) st, my_wait_take(st, key, token, ttl, timeout, lease, holder));
+}
+static mm_status k_release(mm_store *st, mm_bytes key, mm_bytes token, const mm_lease_record *lease, int unknown) {
+  WITH_IO((my_store *) st, my_release(st, key, token, lease, unknown));
+}
+static mm_status k_refresh(mm_store *st, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease) {
+  WITH_IO((my_store *) st, my_refresh(st, key, token, ttl, lease));
+}
+static mm_status k_read(mm_store *st, mm_bytes key, mm_holder *holder) { WITH_IO((my_store *) st, my_read(st, key, holder)); }
+static mm_status k_describe(mm_store *st, mm_bytes key, mm_description *out) {
+  WITH_IO((my_store *) st, my_describe(st, key, out));
+}
+static mm_status k_force_release(mm_store *st, mm_bytes key) { WITH_IO((my_store *) st, my_force_release(st, key)); }
+
+/* Out of the keeper's list (waiting for a ping in flight), then closed. */
+static void k_destroy(mm_store *st) {
+  my_store *s = (my_store *) st;
+  if (pthread_mutex_lock(&s->io) == 0) {
+    if (pthread_mutex_lock(&keeper_mu) == 0) {
+      keeper_unlink(s);
+      pthread_mutex_unlock(&keeper_mu);
+    }
+    pthread_mutex_unlock(&s->io);
+  }
+  pthread_mutex_destroy(&s->io);
+  my_destroy(st);
+}
+
 static const mm_store_ops my_ops = {
-    "mariadb",      MM_KIND_SESSION, MM_CAP_WAIT,  MAX_TTL,     my_renew_after,   my_try_take,
-    my_wait_take,   my_release,      my_refresh,   my_read,     my_describe,      my_force_release,
-    my_locate,      my_destroy,      my_abandon,
+    "mariadb",      MM_KIND_SESSION, MM_CAP_WAIT,  MAX_TTL,     my_renew_after,   k_try_take,
+    k_wait_take,    k_release,       k_refresh,    k_read,      k_describe,       k_force_release,
+    my_locate,      k_destroy,       my_abandon,
 };
 
 static char *dup_or_null(const char *v) {
@@ -927,6 +1107,11 @@ mm_store *mm_mariadb_store_new(const mm_mariadb_options *o, char *errbuf, size_t
   }
   s->base.ops = &my_ops;
   s->base.cancel_fd = -1;
+  if (pthread_mutex_init(&s->io, NULL) != 0) {
+    free(s);
+    snprintf(errbuf, errlen, "MariaDB store: pthread_mutex_init failed");
+    return NULL;
+  }
   s->host = dup_or_null(o->host ? o->host : "localhost");
   s->socket = dup_or_null(o->socket);
   s->user = dup_or_null(o->user);
@@ -935,6 +1120,7 @@ mm_store *mm_mariadb_store_new(const mm_mariadb_options *o, char *errbuf, size_t
   if (s->host == NULL || (o->socket && !s->socket) || (o->user && !s->user) || (o->password && !s->password) ||
       (o->database && !s->database)) {
     free_strings(s);
+    pthread_mutex_destroy(&s->io);
     free(s);
     snprintf(errbuf, errlen, "MariaDB store: out of memory");
     return NULL;
