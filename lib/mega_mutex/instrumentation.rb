@@ -56,12 +56,20 @@ module MegaMutex
       # @param logger [#error, nil] where a subscriber's exception is reported
       # @return [void]
       def instrument(name, payload, logger = nil)
-        ::ActiveSupport::Notifications.instrument(name, payload)
-        nil
-      rescue StandardError => e
-        message = "MegaMutex: a subscriber to #{name} raised #{e.class}: #{e.message}"
-        logger ? logger.error(message) : warn(message)
-        nil
+        # Interrupts wait while subscribers run (see Lock::LOGGING), so that
+        # a Thread#raise or Timeout is never taken for a subscriber's error.
+        Thread.handle_interrupt(Lock::LOGGING) do
+          ::ActiveSupport::Notifications.instrument(name, payload)
+          nil
+        rescue StandardError => e
+          message = "MegaMutex: a subscriber to #{name} raised #{e.class}: #{e.message}"
+          begin
+            logger ? logger.error(message) : warn(message)
+          rescue StandardError
+            nil
+          end
+          nil
+        end
       end
     end
   end

@@ -25,6 +25,11 @@ module MegaMutex
     DEFER = { Object => :never }.freeze
     # Seconds added to lock_ttl on the wire (see Hold#wire_ttl).
     WIRE_MARGIN = 2
+    # Interrupt mask while a logger or a subscriber runs, whose errors are
+    # rescued: Thread#raise and Timeout raise StandardErrors, and one landing
+    # there would be taken for the logger's and swallowed. They are
+    # delivered once it returns; Interrupt and SignalException stay immediate.
+    LOGGING = { StandardError => :never }.freeze
     # Options accepted by {#initialize} and with_distributed_mutex.
     OPTIONS = %i[timeout ttl].freeze
 
@@ -162,9 +167,16 @@ module MegaMutex
       # @param message [String]
       # @return [void]
       def log(level, message)
-        @config.logger&.public_send(level) { "MegaMutex: #{message}" }
-      rescue StandardError
-        nil # logging is best effort: a raising logger must not stop a release or the renewer
+        logger = @config.logger
+        return if logger.nil?
+
+        # Logging is best effort: a raising logger must not stop a release
+        # or the renewer. Interrupts wait (see LOGGING).
+        Thread.handle_interrupt(LOGGING) do
+          logger.public_send(level) { "MegaMutex: #{message}" }
+        rescue StandardError
+          nil
+        end
       end
     end
 
@@ -681,9 +693,12 @@ module MegaMutex
       logger = @config.logger
       return if logger.nil?
 
-      logger.public_send(level) { "MegaMutex: #{yield}" }
-    rescue StandardError
-      nil # a logger that fails must not fail a lock call (see Hold#log)
+      # A logger that fails must not fail a lock call; interrupts wait (see LOGGING).
+      Thread.handle_interrupt(LOGGING) do
+        logger.public_send(level) { "MegaMutex: #{yield}" }
+      rescue StandardError
+        nil
+      end
     end
   end
 end

@@ -122,6 +122,33 @@ RSpec.shared_examples "contract: interrupts" do
       end
     end
 
+    it "an interrupt that lands while MegaMutex is logging is delivered, never swallowed with a logger's error" do
+      # In the taker's thread the logger is busy until an interrupt is
+      # pending: then it returns.
+      in_logger = Queue.new
+      logger = Object.new
+      %i[debug info warn error].each do |level|
+        logger.define_singleton_method(level) do |*args, &block|
+          if Thread.current[:busy_logger]
+            in_logger << level
+            sleep 0.001 until Thread.pending_interrupt?
+          end
+          block&.call || args.first
+        end
+      end
+      backend.use(logger: logger)
+      holder = hold_elsewhere("logged")
+      taker = Thread.new do
+        Thread.current.report_on_exception = false
+        Thread.current[:busy_logger] = true
+        MegaMutex::Lock.new("logged").lock(timeout: 0) # fails, and logs that at debug level
+      end
+      in_logger.pop
+      taker.raise(RuntimeError, "interrupted while logging")
+      expect { value_of(taker) }.to raise_error(RuntimeError, "interrupted while logging")
+      holder.release
+    end
+
     it "a Timeout firing inside the block releases the lock" do
       expect { Timeout.timeout(0.05) { MegaMutex.with_distributed_mutex("slow") { sleep 5 } } }.to raise_error(Timeout::Error)
       expect(MegaMutex.get_current_lock("slow")).to be_nil
