@@ -95,4 +95,53 @@ RSpec.describe "Fencing tokens" do
     expect(first).to match(/\A\d+\n\z/)
     expect(Integer(second)).to be > Integer(first)
   end
+
+  describe "on :memcached (one server: the weaker guarantee)" do
+    let(:server) { Servers::Memcached.new(args: %w[-M]).start }
+
+    before do
+      MegaMutex.configure do |c|
+        c.backend = :memcached
+        c.memcache_servers = [server.address]
+        c.namespace = @namespace
+        c.lock_ttl = 30
+      end
+    end
+
+    after { server.stop }
+
+    it "gives each holder a larger token than the one before, across threads and processes" do
+      tokens = Array.new(10) { MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token } }
+      tokens << Thread.new { MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token } }.value
+      reader, writer = IO.pipe
+      pid = fork do
+        reader.close
+        writer.syswrite(MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token }.to_s)
+        exit!(0)
+      end
+      writer.close
+      tokens << Integer(reader.read)
+      Process.wait(pid)
+      tokens << MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token }
+      expect(tokens).to all(be_an(Integer))
+      expect(tokens.each_cons(2).reject { |a, b| b > a }).to eq([])
+    end
+
+    it "counts attempts that found the lock held too, so a waiter's later take is larger still" do
+      holder = held_elsewhere("job")
+      first = holder.fencing_token
+      expect { MegaMutex.with_distributed_mutex("job", timeout: 0) { nil } }.to raise_error(MegaMutex::TimeoutError)
+      holder.unlock
+      expect(MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token }).to be > first + 1
+    end
+
+    it "starts again from the wall clock after the server restarted empty: larger while the clocks are right" do
+      before = MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token }
+      server.restart
+      after = MegaMutex.with_distributed_mutex("job", timeout: 5) { |lock| lock.fencing_token }
+      expect(after).to be > before
+      now_us = Process.clock_gettime(Process::CLOCK_REALTIME, :microsecond)
+      expect(after).to be_within(60_000_000).of(now_us) # seeded from the clock, not from 1
+    end
+  end
 end

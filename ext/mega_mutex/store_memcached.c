@@ -609,13 +609,98 @@ static mm_status require_cas(mm_memcached_store *s, mm_conn *c, const mm_holder 
   return MM_ERR_SERVER;
 }
 
+/* ---- fencing tokens ------------------------------------------------------ */
+
+/* The fence of a lock: "~f" + its key (a key longer than 248 bytes: "~f",
+ * its first 232 bytes and a 64-bit hash - two ids sharing a fence only makes
+ * their tokens grow faster), a counter with no expiry on the lock's own
+ * server. Every attempt at a take increments it in the same write, after the
+ * add and the gets ("incr <fence> 1"): a holder's value comes after its
+ * predecessor's release, so it is larger. A fence that is missing (first
+ * use, or the server restarted, was flushed or evicted it) is created by the
+ * winner of the take from its wall clock in microseconds ("ma <fence> N0
+ * J<now>", which no other counter notices), then incremented: across a
+ * restart of the lock's server, tokens keep growing only while the clients'
+ * clocks are right (to within the time the server was down) - the weaker
+ * guarantee of a lock on one server. A server that knows neither command
+ * answers ERROR: no token (0). */
+static size_t fence_key(mm_bytes key, char *out, size_t outlen) {
+  if (key.len <= MM_KEY_MAX - 2) return (size_t) snprintf(out, outlen, "~f%.*s", (int) key.len, key.ptr);
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < key.len; i++) {
+    h ^= (unsigned char) key.ptr[i];
+    h *= 1099511628211ULL;
+  }
+  return (size_t) snprintf(out, outlen, "~f%.*s%016llx", MM_KEY_MAX - 18, key.ptr, (unsigned long long) h);
+}
+
+static uint64_t wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/* "incr <fence> 1\r\n" into buf; its length. */
+static int fence_request(mm_bytes key, char *buf, size_t buflen) {
+  char fk[MM_KEY_MAX + 1];
+  size_t fl = fence_key(key, fk, sizeof fk);
+  return snprintf(buf, buflen, "incr %.*s 1\r\n", (int) fl, fk);
+}
+
+/* The reply to the fence's incr: the new value (MM_OK, *token), NOT_FOUND
+ * (MM_OK, *missing), or ERROR from a server without it (MM_OK, token 0). */
+static mm_status read_fence_reply(mm_memcached_store *s, mm_conn *c, const char *doing, uint64_t *token, int *missing) {
+  char *line;
+  size_t len;
+  *token = 0;
+  *missing = 0;
+  mm_status st = read_line(s, c, doing, &line, &len);
+  if (st != MM_OK) return st;
+  if (word_is(line, len, "ERROR")) return MM_OK;
+  if (word_is(line, len, "NOT_FOUND")) {
+    *missing = 1;
+    return MM_OK;
+  }
+  if (!parse_number(line, len, UINT64_MAX, token) || *token == 0) return unexpected(s, c, doing, line, len);
+  return MM_OK;
+}
+
+/* The winner's fence: created if missing, then incremented (one round trip
+ * more, at the first take of an id and after the server lost its fence). */
+static mm_status fence_seed(mm_memcached_store *s, mm_conn *c, mm_bytes key, const char *doing, uint64_t *token) {
+  char fk[MM_KEY_MAX + 1];
+  size_t fl = fence_key(key, fk, sizeof fk);
+  char req[2 * MM_KEY_MAX + 64];
+  int n = snprintf(req, sizeof req, "ma %.*s N0 J%llu\r\nincr %.*s 1\r\n", (int) fl, fk,
+                   (unsigned long long) wall_us(), (int) fl, fk);
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  char *line;
+  size_t len;
+  if ((st = read_line(s, c, doing, &line, &len)) != MM_OK) return st;
+  if (!word_is(line, len, "HD") && !word_is(line, len, "ERROR")) return unexpected(s, c, doing, line, len);
+  int missing;
+  return read_fence_reply(s, c, doing, token, &missing); /* still missing (evicted at once): no token */
+}
+
+/* The fence for a take won on the slow path: one more round trip. */
+static mm_status fence_next(mm_memcached_store *s, mm_conn *c, mm_bytes key, const char *doing, uint64_t *token) {
+  char req[MM_KEY_MAX + 48];
+  int n = fence_request(key, req, sizeof req);
+  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  if (st != MM_OK) return st;
+  int missing;
+  if ((st = read_fence_reply(s, c, doing, token, &missing)) != MM_OK) return st;
+  return missing ? fence_seed(s, c, key, doing, token) : MM_OK;
+}
+
 /* ---- acquire ------------------------------------------------------------- */
 
 /* The slow path: an add whose reply we wait for, then a read. Used when the
  * fast path read back no item at all - either the holder released between
  * our add and our read, or the server would not store the lock. */
 static mm_status acquire_confirmed(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
-                                   mm_holder *holder) {
+                                   mm_holder *holder, uint64_t *fence) {
   const char *doing = "store a lock";
   char req[MM_KEY_MAX + MM_TOKEN_MAX + 64];
   int n = snprintf(req, sizeof req, "add %.*s 0 %u %zu\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) ttl,
@@ -632,7 +717,8 @@ static mm_status acquire_confirmed(mm_memcached_store *s, mm_conn *c, mm_bytes k
                        "it stored the lock but lost it at once (evicted? run a dedicated memcached with -M)");
     if (st != MM_OK) return st;
     if (!holder_is(holder, token)) return MM_HELD;
-    return require_cas(s, c, holder);
+    if ((st = require_cas(s, c, holder)) != MM_OK) return st;
+    return fence_next(s, c, key, doing, fence);
   }
   if (st == MM_ABSENT) { /* released again in between: let the caller retry */
     holder->token_len = 0;
@@ -641,22 +727,31 @@ static mm_status acquire_confirmed(mm_memcached_store *s, mm_conn *c, mm_bytes k
     return MM_HELD;
   }
   if (st != MM_OK) return st;
-  return holder_is(holder, token) ? require_cas(s, c, holder) : MM_HELD;
+  if (!holder_is(holder, token)) return MM_HELD;
+  if ((st = require_cas(s, c, holder)) != MM_OK) return st;
+  return fence_next(s, c, key, doing, fence);
 }
 
 static mm_status acquire_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
-                              mm_holder *holder) {
+                              mm_holder *holder, uint64_t *fence) {
   const char *doing = "store a lock";
-  char req[2 * MM_KEY_MAX + MM_TOKEN_MAX + 80];
-  int n = snprintf(req, sizeof req, "add %.*s 0 %u %zu noreply\r\n%.*s\r\ngets %.*s\r\n", (int) key.len, key.ptr,
-                   (unsigned) ttl, token.len, (int) token.len, token.ptr, (int) key.len, key.ptr);
+  char req[3 * MM_KEY_MAX + MM_TOKEN_MAX + 120];
+  /* add, then the fence's incr (after the add: a winner's value comes after
+   * its predecessor's release), then the read: one write, one round trip. */
+  int n = snprintf(req, sizeof req, "add %.*s 0 %u %zu noreply\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) ttl,
+                   token.len, (int) token.len, token.ptr);
+  n += fence_request(key, req + n, sizeof req - (size_t) n);
+  n += snprintf(req + n, sizeof req - (size_t) n, "gets %.*s\r\n", (int) key.len, key.ptr);
   s->base.maybe_applied = 1;
   mm_status st = send_all(s, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
+  int fence_missing = 0;
+  if ((st = read_fence_reply(s, c, doing, fence, &fence_missing)) != MM_OK) return st;
   st = read_gets_reply(s, c, key, holder, doing);
-  if (st == MM_ABSENT) return acquire_confirmed(s, c, key, token, ttl, holder);
+  if (st == MM_ABSENT) return acquire_confirmed(s, c, key, token, ttl, holder, fence);
   if (st != MM_OK) return st;
   if (!holder_is(holder, token)) return MM_HELD;
+  if (fence_missing && holder->version != 0 && (st = fence_seed(s, c, key, doing, fence)) != MM_OK) return st;
   if ((st = require_cas(s, c, holder)) != MM_OK) {
     /* Ours, but not safely releasable later: give it back now (it is ours
      * this instant; a plain delete is the best a CAS-less server allows).
@@ -705,11 +800,15 @@ static mm_status mc_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint3
   base->maybe_applied = 0;
   uint32_t wire = ttl + MM_WIRE_MARGIN;
   double started = now_s();
+  uint64_t fence = 0;
   mm_status st = begin(s, key, &c, "store a lock");
-  if (st == MM_OK) st = acquire_once(s, c, key, token, wire, holder);
+  if (st == MM_OK) st = acquire_once(s, c, key, token, wire, holder, &fence);
   if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "store a lock")) == MM_OK)
-    st = acquire_once(s, c, key, token, wire, holder);
-  if (st == MM_OK) lease_set(lease, holder->version, holder->witness, started + ttl);
+    st = acquire_once(s, c, key, token, wire, holder, &fence);
+  if (st == MM_OK) {
+    lease_set(lease, holder->version, holder->witness, started + ttl);
+    lease->fencing_token = fence;
+  }
   return st;
 }
 
@@ -939,7 +1038,7 @@ static void mc_abandon(mm_store *base) { mc_destroy(base); }
 static const mm_store_ops memcached_ops = {
     .name = "memcached",
     .kind = MM_KIND_LEASE,
-    .caps = 0,
+    .caps = MM_CAP_FENCING,
     .max_ttl = MM_MAX_TTL,
     .renew_after = mc_renew_after,
     .try_take = mc_try_take,
