@@ -54,10 +54,10 @@ RSpec.describe "waiting by seniority" do
     key = key_for("busy")
     newcomer = senior = nil
     churn(key, 0.01) do
-      early = attempts_while_waiting(key, 0.15)
+      early = attempts_while_waiting(key, 0.08)
       whole = attempts_while_waiting(key, 0.6)
-      newcomer = early / 0.15
-      senior = (whole - early) / 0.45 # the same wait's attempts after its first 0.15 s
+      newcomer = early / 0.08
+      senior = (whole - early) / 0.52 # a wait's attempts after its first 0.08 s
     end
     # Restarting every waiter from backoff_min polls about as often early as
     # late; by seniority the late rate is several times the early one.
