@@ -78,6 +78,7 @@ module InterruptPoints
       interrupter.interrupt_now
     end
     returned = false
+    delivered = false
     begin
       trace.enable do
         if kind == :lock
@@ -88,10 +89,14 @@ module InterruptPoints
         returned = true # nothing between the call's return and here lets an interrupt in
       end
     rescue Interrupted
-      nil
+      delivered = true
     ensure
       trace.disable
     end
+    # Delivered inside the call or just after it, never lost: a rescue in
+    # the gem's code (or a `defined?`, which rescues what its expression
+    # raises) must not swallow someone else's interrupt.
+    raise "the interrupt sent at #{@interrupt_point} was swallowed: never delivered" if fired && !delivered
     # Lock#lock and #try_lock are entered through C (lock_entry.c), which
     # returns without an interrupt check: an interrupt either comes out of
     # the call with nothing held, or is delivered after `returned = true`.
