@@ -30,6 +30,9 @@ module MegaMutex
     # there would be taken for the logger's and swallowed. They are
     # delivered once it returns; Interrupt and SignalException stay immediate.
     LOGGING = { StandardError => :never }.freeze
+    # Each level's question to a logger (Logger#debug? and the like).
+    LEVEL_ASKS = { debug: :debug?, info: :info?, warn: :warn?, error: :error? }.freeze
+    private_constant :LEVEL_ASKS
     # Options accepted by {#initialize} and with_distributed_mutex.
     OPTIONS = %i[timeout ttl].freeze
 
@@ -692,6 +695,10 @@ module MegaMutex
     def log(level)
       logger = @config.logger
       return if logger.nil?
+      # A level the logger leaves out costs neither the message nor the mask
+      # (Ruby 3.1 makes a Hash for each handle_interrupt).
+      asks = LEVEL_ASKS[level]
+      return if logger.respond_to?(asks) && !logger.public_send(asks)
 
       # A logger that fails must not fail a lock call; interrupts wait (see LOGGING).
       Thread.handle_interrupt(LOGGING) do
