@@ -5,7 +5,7 @@
 # and how the lock behaves under contention, across keys and while waiting.
 #
 #   bundle exec rake bench            # full run, a few minutes
-#   bundle exec rake bench QUICK=1    # or rake bench:quick: about 90 s
+#   bundle exec rake bench QUICK=1    # or rake bench:quick: about 95 s
 #   bundle exec ruby bench/run.rb --help
 #
 # It starts its own memcached (-M, free loopback port) and redis-server (for
@@ -93,7 +93,7 @@ module Bench
     contenders = nil
     parser = OptionParser.new do |p|
       p.banner = "Usage: bundle exec ruby bench/run.rb [options]   (or: bundle exec rake bench [QUICK=1])"
-      p.on("--quick", "short run, about 90 s (6 x 1000 cycles, P = 2, 8, 32, 1.5 s each)") { mode = "quick" }
+      p.on("--quick", "short run, about 95 s (6 x 1000 cycles, P = 2, 8, 32, 1.5 s each)") { mode = "quick" }
       p.on("--smoke", "tiny run that only checks every section works (the spec's)") { mode = "smoke" }
       p.on("--rounds N", Integer, "alternating rounds of uncontended cycles") { |v| given[:rounds] = v }
       p.on("--cycles N", Integer, "cycles per contender per round") { |v| given[:cycles] = v }

@@ -6,7 +6,7 @@
 # Writes bench/results/latest.{txt,json}, cycle.png and contention.png.
 #
 #   bundle exec rake bench              # full run, a few minutes
-#   bundle exec rake bench QUICK=1      # or: rake bench:quick - about a minute and a half
+#   bundle exec rake bench QUICK=1      # or: rake bench:quick - about 95 s
 #   bundle exec rake bench BENCH_ARGS="--procs 2,8 --seconds 3"
 #   BENCH_BACKOFF_MIN=0.001 BENCH_BACKOFF_MAX=0.02 bundle exec rake bench:quick
 #
@@ -28,14 +28,14 @@ module BenchTask
   end
 end
 
-desc "Benchmark: cycle vs floor and peers, contention (processes, threads), scaling, waiting (QUICK=1: about 90 s)"
+desc "Benchmark: cycle vs floor and peers, contention (processes, threads), scaling, waiting (QUICK=1: about 95 s)"
 task bench: :compile do
   sh BenchTask::SETUP
   ruby BenchTask::RUN, *BenchTask.args(BenchTask.quick? ? ["--quick"] : [])
 end
 
 namespace :bench do
-  desc "Benchmark, quick mode (about 90 s)"
+  desc "Benchmark, quick mode (about 95 s)"
   task quick: :compile do
     sh BenchTask::SETUP
     ruby BenchTask::RUN, *BenchTask.args(["--quick"])
