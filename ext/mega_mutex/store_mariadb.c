@@ -930,24 +930,26 @@ static my_store *keeper_head;
 static int keeper_state; /* 0: not started; 1: running; -1: could not start (the renewer alone keeps sessions) */
 static pthread_once_t keeper_once = PTHREAD_ONCE_INIT;
 
+static int keeper_cv_init(void) {
+  pthread_condattr_t attr;
+  if (pthread_condattr_init(&attr) != 0) return -1;
+  int rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&keeper_cv, &attr) == 0 ? 0 : -1;
+  pthread_condattr_destroy(&attr);
+  return rc;
+}
+
 /* In a forked child: the parent's keeper does not exist here, its list
- * names the parent's sessions (never to be touched), and keeper_mu may
- * have been held at the fork. */
+ * names the parent's sessions (never to be touched), keeper_mu may have
+ * been held at the fork, and keeper_cv may count the parent's keeper as a
+ * waiter (signalling such a copy can block for ever): all made anew. */
 static void keeper_atfork_child(void) {
   pthread_mutex_init(&keeper_mu, NULL);
   keeper_head = NULL;
-  keeper_state = 0;
+  keeper_state = keeper_cv_init() == 0 ? 0 : -1;
 }
 
 static void keeper_init_once(void) {
-  pthread_condattr_t attr;
-  if (pthread_condattr_init(&attr) != 0 || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
-      pthread_cond_init(&keeper_cv, &attr) != 0) {
-    keeper_state = -1;
-    return;
-  }
-  pthread_condattr_destroy(&attr);
-  if (pthread_atfork(NULL, NULL, keeper_atfork_child) != 0) keeper_state = -1;
+  if (keeper_cv_init() != 0 || pthread_atfork(NULL, NULL, keeper_atfork_child) != 0) keeper_state = -1;
 }
 
 /* Under keeper_mu. */
