@@ -15,6 +15,7 @@
 
 #include "client.h"
 #include "lock.h"
+#include "pid.h"
 #include "mega_mutex.h"
 #include "store.h"
 #include "store_memory.h"
@@ -37,7 +38,7 @@ static void client_close_store(mm_client *c) {
   mm_store *s = c->store;
   c->store = NULL;
   if (s == NULL) return;
-  if (c->pid == getpid()) s->ops->destroy(s);
+  if (c->pid == mm_getpid()) s->ops->destroy(s);
   else s->ops->abandon(s); /* forked child: the sockets are the parent's too */
 }
 
@@ -67,7 +68,7 @@ static VALUE client_alloc(VALUE klass) {
   VALUE obj = TypedData_Make_Struct(klass, mm_client, &client_type, c);
   c->store = NULL;
   c->waker.fd = -1;
-  c->pid = getpid();
+  c->pid = mm_getpid();
   c->in_use = 0;
   return obj;
 }
@@ -78,7 +79,7 @@ static mm_client *client_take(VALUE self) {
   mm_client *c;
   TypedData_Get_Struct(self, mm_client, &client_type, c);
   if (c->store == NULL) rb_raise(eError, "MegaMutex client is closed");
-  if (c->pid != getpid()) rb_raise(eError, "MegaMutex client was opened by process %d, not this one", (int) c->pid);
+  if (c->pid != mm_getpid()) rb_raise(eError, "MegaMutex client was opened by process %d, not this one", (int) c->pid);
   if (c->in_use) rb_raise(eError, "MegaMutex client is in use by another thread");
   c->in_use = 1;
   return c;
@@ -153,7 +154,7 @@ static void client_attach(mm_client *c, mm_store *store) {
   /* The waker ends a request in progress, not only a wait. */
   c->store->cancel_fd = c->waker.fd;
   c->store->cancelled = &c->waker.interrupted;
-  c->pid = getpid();
+  c->pid = mm_getpid();
 }
 
 /* ---- initialize -------------------------------------------------------- */

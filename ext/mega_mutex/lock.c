@@ -22,6 +22,7 @@
 
 #include "lock.h"
 #include "local_queue.h"
+#include "pid.h"
 
 /* See poll_store: a waiter that has seen k holders come and go restarts
  * from this many backoff_min / k (k >= this: from backoff_min). */
@@ -94,7 +95,7 @@ static double next_random(uint64_t *state) {
 static uint64_t new_seed(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  uint64_t seed = ((uint64_t) ts.tv_nsec << 20) ^ (uint64_t) ts.tv_sec ^ ((uint64_t) getpid() << 40) ^
+  uint64_t seed = ((uint64_t) ts.tv_nsec << 20) ^ (uint64_t) ts.tv_sec ^ ((uint64_t) mm_getpid() << 40) ^
                   (uint64_t) (uintptr_t) &ts;
   return seed == 0 ? 0x9E3779B97F4A7C15ULL : seed;
 }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "lock.h"
+#include "pid.h"
 #include "renewer.h"
 
 #define RETRY_SECONDS 0.2 /* after a renewal that failed with an error */
@@ -85,7 +86,7 @@ static const char *NOT_FOUND = "its lease was not found when renewing (expired, 
  * leaves its parent's lanes and losses alone (their threads do not exist
  * here, their mutexes may be held) and starts empty. */
 static void forget_parent(void) {
-  pid_t pid = getpid();
+  pid_t pid = mm_getpid();
   if (g_pid == pid) return;
   if (g_lanes != NULL) {
     mm_lane *last = g_lanes;
@@ -101,7 +102,7 @@ static void forget_parent(void) {
 }
 
 static void global_lock(void) {
-  if (g_pid != 0 && g_pid != getpid()) {
+  if (g_pid != 0 && g_pid != mm_getpid()) {
     /* A child: the mutex may have been copied while held by a thread that
      * does not exist here. */
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
@@ -189,7 +190,7 @@ static int lease_lose(mm_lease *lease, const char *reason) {
 }
 
 void mm_lease_stop(mm_lease *lease) {
-  if (lease->pid != getpid()) return; /* a parent's: not ours to touch */
+  if (lease->pid != mm_getpid()) return; /* a parent's: not ours to touch */
   mm_lane *lane = lease->lane;
   pthread_mutex_lock(&lane->mutex);
   if (lease->state == LEASE_ACTIVE) lease->state = LEASE_STOPPED;
@@ -197,7 +198,7 @@ void mm_lease_stop(mm_lease *lease) {
 }
 
 int mm_lease_lost(mm_lease *lease, char *reason, size_t len) {
-  if (lease->pid != getpid()) return 0; /* a parent's lease is not the child's concern */
+  if (lease->pid != mm_getpid()) return 0; /* a parent's lease is not the child's concern */
   mm_lane *lane = lease->lane;
   pthread_mutex_lock(&lane->mutex);
   int queue = 0;
