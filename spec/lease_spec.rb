@@ -79,8 +79,9 @@ RSpec.describe "leases" do
         MegaMutex.configure { |c| c.namespace = ENV['MM_NAMESPACE'] }
         $stdout.sync = true
         MegaMutex::Lock.new('left-by-lock').lock
-        Thread.new { MegaMutex::Lock.new('left-by-thread').lock; sleep }
-        sleep 0.01 until MegaMutex.get_current_lock('left-by-thread')
+        taken = Queue.new
+        Thread.new { MegaMutex::Lock.new('left-by-thread').lock; taken << true; sleep }
+        taken.pop # held: its lock call returned (one still being taken as the process exits is left to its lease)
         puts 'HOLDING'
         #{how}
       RUBY
