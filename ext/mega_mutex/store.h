@@ -6,9 +6,10 @@
  * session store, whether it can wait in the server, whether it gives
  * fencing tokens - and knows how to take, wait for, release, refresh, read
  * and describe one named lock, with its own lease rules. Stores:
- * store_memcached.c (leases in memcached) and store_memory.c (this
- * process only, for test suites); a MariaDB GET_LOCK store and a quorum
- * over several memcached servers are to sit beside them.
+ * store_memcached.c (leases in memcached), store_quorum.c (a lease on a
+ * majority of independent memcached servers, with fencing tokens),
+ * store_mariadb.c (MariaDB/MySQL named locks: the session is the lease) and
+ * store_memory.c (this process only, for test suites).
  *
  * Every function here runs WITHOUT the Ruby GVL: no Ruby API may be used.
  * Errors are reported through mm_status plus a message in store->error.
