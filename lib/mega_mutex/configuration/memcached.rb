@@ -164,9 +164,38 @@ module MegaMutex
       self.memcache_servers = env.empty? ? ["localhost:#{DEFAULT_PORT}"] : env.split(",")
     end
 
+    @probed = {} # [host, port] => true: asked once per process whether it may evict
+    @probed_mutex = Mutex.new
+
+    # @api private
+    # @param addresses [Array<Array(String, Integer)>]
+    # @return [Array<Array(String, Integer)>] those not asked yet in this process (now marked asked)
+    def self.unprobed_servers(addresses)
+      @probed_mutex.synchronize { addresses.reject { |address| @probed[address] }.each { |address| @probed[address] = true } }
+    end
+
+    private_class_method :unprobed_servers
+
     # @return [Native::Client] a client of the servers (connects lazily)
     def memcached_client
-      Native::Client.new(server_addresses, (connect_timeout * 1000).ceil, (io_timeout * 1000).ceil, 1)
+      client = Native::Client.new(server_addresses, (connect_timeout * 1000).ceil, (io_timeout * 1000).ceil, 1)
+      warn_evicting_servers if logger
+      client
+    end
+
+    # Logs, at warn level and once per process, each server that may evict
+    # (started without -M): a live lock can vanish from it before its lease
+    # ends. Asked when the first client of a server is made; a server that
+    # does not answer then is not asked again (its locks will say so).
+    def warn_evicting_servers
+      fresh = Configuration.__send__(:unprobed_servers, server_addresses)
+      return if fresh.empty?
+
+      Native::Client._evicting_servers(fresh, (connect_timeout * 1000).ceil, (io_timeout * 1000).ceil).each do |line|
+        logger.warn("MegaMutex: memcached #{line}") if Configuration.quorum_first_warning?(line)
+      end
+    rescue Error, SystemCallError
+      nil
     end
 
     # @return [String] "host:port", "[v6addr]:port" or the socket path
