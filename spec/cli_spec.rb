@@ -427,6 +427,19 @@ RSpec.describe "the mega_mutex command" do
       expect(File.exist?(path("ran"))).to be(true)
     end
 
+    it "runs COMMAND holding a MariaDB named lock with --backend mysql --mysql-url, and says who holds it" do
+      url = Servers::MariaDB.shared.url
+      _, _, status = run_cli("exec", @name, "--backend", "mysql", "--mysql-url", url, "--", "touch", path("ran"))
+      expect(status.exitstatus).to eq(0)
+      expect(File.exist?(path("ran"))).to be(true)
+      _, err, status = run_cli("status", @name, "--backend", "mysql", "--mysql-url", "mysql://nobody@127.0.0.1:1")
+      expect(status.exitstatus).to eq(69)
+      expect(err).to include("127.0.0.1:1")
+      _, err, status = run_cli("status", @name, "--backend", "mysql", "--mysql-url", "postgres://db1")
+      expect(status.exitstatus).to eq(64)
+      expect(err).to start_with("mega_mutex: --mysql-url")
+    end
+
     it "uses MEMCACHE_SERVERS when --servers is not given" do
       port = MemcachedServer.free_port
       _, err, status = run_cli("exec", @name, "--", "true", env: { "MEMCACHE_SERVERS" => "127.0.0.1:#{port}" })

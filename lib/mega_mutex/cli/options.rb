@@ -66,6 +66,7 @@ module MegaMutex
           MegaMutex.reset_configuration!
           MegaMutex.configure do |c|
             configure_backend(c, backend) if backend
+            c.mysql_url = @settings[:mysql_url] if @settings[:mysql_url]
             c.namespace = @settings[:namespace] if @settings[:namespace]
             c.on_lock_lost = :raise
           end
@@ -75,6 +76,7 @@ module MegaMutex
       rescue ArgumentError => e
         message = e.message
         message = message.sub("memcache_servers", servers ? "--servers" : "MEMCACHE_SERVERS")
+        message = message.sub("mysql_url", @settings[:mysql_url] ? "--mysql-url" : "MEGA_MUTEX_MYSQL_URL")
         raise UsageError, message.sub(/\Anamespace/, "--namespace")
       end
 
@@ -98,6 +100,8 @@ module MegaMutex
                   "(default: $MEGA_MUTEX_BACKEND, else memcached; mysql reads $MEGA_MUTEX_MYSQL_URL)") do |v|
           @settings[:backend] = v
         end
+        parser.on("--mysql-url URL", "with --backend mysql: mysql://user:password@host:port[/db][?socket=/path]",
+                  "(default: $MEGA_MUTEX_MYSQL_URL)") { |v| @settings[:mysql_url] = v }
         parser.on("--namespace NS", "key prefix (default: mega_mutex)") { |v| @settings[:namespace] = v }
         parser.on("-h", "--help", "show this help") do
           @out.puts parser.help
