@@ -2,7 +2,8 @@
 
 # `rake bench`: MegaMutex's benchmark (bench/run.rb) - the uncontended cycle
 # against the libmemcached floor and against suo, redlock-rb and a plain dalli
-# lock, contention on one key, scaling across keys and the cost of waiting.
+# lock, contention on one key, scaling across keys and the cost of waiting -
+# then the :quorum (bench/quorum.rb) and :mysql (bench/mysql.rb) rows.
 # Writes bench/results/latest.{txt,json}, cycle.png and contention.png.
 #
 #   bundle exec rake bench              # full run, a few minutes
@@ -28,10 +29,18 @@ module BenchTask
   end
 end
 
-desc "Benchmark: cycle vs floor and peers, contention (processes, threads), scaling, waiting (QUICK=1: about 95 s)"
+desc "Benchmark: cycle vs floor and peers, contention (processes, threads), scaling, waiting; " \
+     "then the :quorum and :mysql rows (QUICK=1: about 95 s, memcached only)"
 task bench: :compile do
   sh BenchTask::SETUP
   ruby BenchTask::RUN, *BenchTask.args(BenchTask.quick? ? ["--quick"] : [])
+  next if BenchTask.quick?
+
+  # The other stores' rows: :quorum on 3 memcached beside 1 server, its
+  # floor and redlock-rb on 3 redis (bench/quorum.rb); :mysql over TCP and
+  # the unix socket, and its handoff, beside memcached (bench/mysql.rb).
+  ruby File.join(BenchTask::ROOT, "bench", "quorum.rb")
+  ruby File.join(BenchTask::ROOT, "bench", "mysql.rb")
 end
 
 namespace :bench do
