@@ -28,6 +28,11 @@
  *            compare-and-delete, one round trip. Only when the CAS is proven
  *            current (see "witness" below); otherwise gets, compare the
  *            token, then that cas.
+ *   poll     a waiter's next attempt after two that found the same holder:
+ *            "gets key" alone first (1 request instead of 3); still held
+ *            by another token: held, holder filled as by a take; absent
+ *            (or our own token): the full take, in the same call. See
+ *            "The probe" above mc_try_take.
  *   refresh  gets, compare token, "cas key 0 ttl n cas".
  *   describe "mg key v t": the holder and the seconds left.
  *
@@ -614,10 +619,11 @@ static mm_status require_cas(mm_memcached_store *s, mm_conn *c, const mm_holder 
 /* The fence of a lock: "~f" + its key (a key longer than 248 bytes: "~f",
  * its first 232 bytes and a 64-bit hash - two ids sharing a fence only makes
  * their tokens grow faster), a counter with no expiry on the lock's own
- * server. Every attempt at a take increments it in the same write, after the
- * add and the gets ("incr <fence> 1"): a holder's value comes after its
- * predecessor's release, so it is larger. A fence that is missing (first
- * use, or the server restarted, was flushed or evicted it) is created by the
+ * server. Every full take increments it in the same write, after the add
+ * and before the gets ("incr <fence> 1"; a waiter's probe does not, see "The
+ * probe"): a holder's value comes after its predecessor's release, so it is
+ * larger. A fence that is missing (first use, or the server restarted, was
+ * flushed or evicted it) is created by the
  * winner of the take from its wall clock in microseconds ("ma <fence> N0
  * J<now>", which no other counter notices), then incremented: across a
  * restart of the lock's server, tokens keep growing only while the clients'
@@ -790,24 +796,108 @@ static double mc_renew_after(const mm_store *base, uint32_t ttl) {
   return ttl / 3.0;
 }
 
+/* The probe. A waiter polls while one holder keeps the lock, often for
+ * many polls: a full take (add, incr of the fence, gets) costs the server 3
+ * requests each time, of which only the gets tells it anything. So a take
+ * that returns MM_HELD, and finds the same item (token and CAS) as the
+ * attempt before it, leaves a hint in the holder's scratch (witness): the
+ * key, the connection the holder was read on, and a flag bit that no
+ * connection generation has (a plain witness is a generation, below 2^63).
+ * lock.c hands the same mm_holder to every attempt of one acquisition and
+ * client.c zeroes it first, so the first attempt of an acquisition never
+ * sees a hint and stays the one-round-trip take, and so does the second.
+ *
+ * The next attempt, on that same connection still open, sends "gets key"
+ * alone: held by another token, it returns MM_HELD with the holder filled
+ * as a take fills it; absent, or our own token (an add of ours?), it goes
+ * on with the full take on the same connection, within the same deadline -
+ * the probe never grants anything, only the add does. A connection that
+ * broke while idle is retried with the full take on a new one; any other
+ * error is an error, as the take's own gets would report it (nothing was
+ * written: maybe_applied stays 0). A hint is only ever a reason to read
+ * first: a stale one costs one request, never a wrong answer (the probe
+ * reads the item at that instant, as the take's own gets would). The fence
+ * needs no incr from a loser: the winner's incr comes after its add, hence
+ * after its predecessor's take and incr.
+ *
+ * Why a holder seen twice: a lock changing hands between polls is better
+ * polled with full takes, each of which may win it at the instant it
+ * arrives; a probe that finds the key free needs a second round trip to
+ * take it, and the lock stays free meanwhile. Probing after every attempt
+ * that found the lock held cost about a third of the throughput with 32
+ * processes on 2 cores at hold 1 ms (rake bench:quick, docs/benchmarks.md). */
+#define MM_PROBE_HINT (1ULL << 63)
+
+static uint64_t probe_hint(mm_bytes key, uint64_t generation) {
+  uint64_t h = 1469598103934665603ULL ^ (generation * 0x9E3779B97F4A7C15ULL);
+  for (size_t i = 0; i < key.len; i++) {
+    h ^= (unsigned char) key.ptr[i];
+    h *= 1099511628211ULL;
+  }
+  return h | MM_PROBE_HINT;
+}
+
+/* Whether `holder` carries the hint of an attempt on `key` that found it
+ * held by another token, read on `c` as it is now open. */
+static int probe_due(const mm_holder *holder, mm_bytes key, const mm_conn *c) {
+  return c->fd >= 0 && c->generation != 0 && holder->token_len > 0 && holder->version != 0 &&
+         holder->witness == probe_hint(key, c->generation);
+}
+
+/* "gets key" alone: MM_HELD (another token holds it; holder filled), MM_OK
+ * (take in full: absent, or our own token), or an error. Writes nothing
+ * that changes the server. */
+static mm_status probe_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, mm_holder *holder) {
+  mm_holder seen;
+  memset(&seen, 0, sizeof seen);
+  mm_status st = gets(s, c, key, &seen, "store a lock");
+  if (st == MM_ABSENT) return MM_OK;
+  if (st != MM_OK) return st;
+  if (holder_is(&seen, token) || seen.version == 0) return MM_OK;
+  *holder = seen;
+  return MM_HELD;
+}
+
 /* Taking is idempotent (the token decides), so a retry is always safe. The
  * lease is known good from before the add was sent: valid_until counts from
  * then. */
 static mm_status mc_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease,
                              mm_holder *holder) {
   mm_memcached_store *s = (mm_memcached_store *) base;
+  const char *doing = "store a lock";
   mm_conn *c;
   base->maybe_applied = 0;
   uint32_t wire = ttl + MM_WIRE_MARGIN;
   double started = now_s();
   uint64_t fence = 0;
-  mm_status st = begin(s, key, &c, "store a lock");
-  if (st == MM_OK) st = acquire_once(s, c, key, token, wire, holder, &fence);
-  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "store a lock")) == MM_OK)
+  int retried = 0;
+  const mm_holder before = *holder; /* the holder the last attempt found */
+  mm_status st = begin(s, key, &c, doing);
+  if (st == MM_OK && probe_due(holder, key, c)) {
+    st = probe_once(s, c, key, token, holder);
+    if (st == MM_ERR_CONNECTION && s->retryable) {
+      retried = 1;
+      st = again(s, key, &c, doing); /* a new connection: the full take */
+    }
+  }
+  if (st == MM_OK) {
+    started = now_s(); /* the lease counts from the add */
     st = acquire_once(s, c, key, token, wire, holder, &fence);
+    if (st == MM_ERR_CONNECTION && s->retryable && !retried && (st = again(s, key, &c, doing)) == MM_OK)
+      st = acquire_once(s, c, key, token, wire, holder, &fence);
+  }
   if (st == MM_OK) {
     lease_set(lease, holder->version, holder->witness, started + ttl);
     lease->fencing_token = fence;
+  } else if (st == MM_HELD && holder->token_len > 0 && holder->version != 0 && holder->witness != 0 &&
+             (holder->witness & MM_PROBE_HINT) == 0 && holder->version == before.version &&
+             holder_is(holder, (mm_bytes){before.token, before.token_len})) {
+    /* Held by another token - the very item the last attempt found (same
+     * token, same CAS) - read (by the take or the probe) on the connection
+     * holder->witness names: the next attempt may probe. */
+    holder->witness = probe_hint(key, holder->witness);
+  } else {
+    holder->witness = 0; /* no hint: the next attempt takes in full */
   }
   return st;
 }
