@@ -479,7 +479,10 @@ module MegaMutex
         hold.client = nil
         hold.pool.checkin(client)
       end
-    rescue ConnectionError, ServerError
+    rescue Error
+      # Unreachable, refused - or a client that cannot be used (closed by a
+      # configure, in use): the clean-up removes the lock through another
+      # client once the server takes it. Never left for the whole lease.
       Renewer.current.release_later(hold)
       raise
     end
