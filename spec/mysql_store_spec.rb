@@ -90,7 +90,14 @@ RSpec.describe "MariaDB store (Native::Client.mysql)" do
       expect(db.sessions.none? { |_, _, info| info.include?("GET_LOCK") }).to be(true)
       if results.empty?
         expect(ended).to eq(:interrupted)
-        expect(b._read(key)).to eq(round == 4 ? nil : token(1)) # b's session took nothing
+        if round == 4
+          # A grant that raced the interrupt is given back - or, when the kill
+          # itself failed (a loaded machine), the session is dropped, and the
+          # server frees what it held as soon as it sees the connection gone.
+          wait_for(within: 10, message: "the raced grant to be given back") { b._read(key).nil? }
+        else
+          expect(b._read(key)).to eq(token(1)) # b's session took nothing
+        end
       else
         expect(results.pop).to be(true) # granted before the interrupt was seen: b holds it
         expect(b._read(key)).to eq(token(2))
