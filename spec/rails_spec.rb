@@ -1,83 +1,13 @@
 # frozen_string_literal: true
 
-require "net/http"
-require "json"
-require "tmpdir"
+require "spec_helper"
+require_relative "support/rails_server"
 
 # Boots the real Rails application in spec/fixtures/rails_app with puma, on a
 # free loopback port, pointed at the suite's memcached, and takes locks
-# through HTTP requests.
+# through HTTP requests (spec/support/rails_server.rb starts and stops it).
 RSpec.describe "Rails integration (MegaMutex::Railtie)" do
-  app_root = File.join(SpecHelpers::ROOT, "spec", "fixtures", "rails_app")
-
-  # A puma process serving the fixture app; stopped by pid with TERM.
-  rails_server = Struct.new(:env, :app_root, :dir, :port, :pid, :log_path, :out_path) do
-    def start
-      3.times do
-        self.port = MemcachedServer.free_port
-        self.log_path = File.join(dir, "rails-#{port}.log")
-        self.out_path = File.join(dir, "puma-#{port}.out")
-        self.pid = Process.spawn(env.merge("MM_LOG" => log_path, "RAILS_ENV" => "production"),
-                                 RbConfig.ruby, Gem.bin_path("puma", "puma"), "--no-config",
-                                 "-b", "tcp://127.0.0.1:#{port}", "-t", "4:4", "-e", "production", "config.ru",
-                                 chdir: app_root, out: out_path, err: out_path, pgroup: true)
-        return self if wait_until_up
-      end
-      raise "puma did not start:\n#{File.read(out_path)}"
-    end
-
-    # @return [Boolean] false if puma exited (e.g. the port was taken meanwhile)
-    def wait_until_up
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
-      loop do
-        return false if Process.waitpid(pid, Process::WNOHANG)
-
-        begin
-          return true if get("/up").code == "200"
-        rescue Errno::ECONNREFUSED, Errno::ECONNRESET, EOFError, Net::ReadTimeout
-          nil
-        end
-        raise "puma did not answer within 30 s:\n#{File.read(out_path)}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-
-        sleep 0.05
-      end
-    end
-
-    def get(path)
-      Net::HTTP.start("127.0.0.1", port, open_timeout: 5, read_timeout: 30) { |http| http.get(path) }
-    end
-
-    def get_json(path)
-      response = get(path)
-      [response.code, JSON.parse(response.body)]
-    end
-
-    def log
-      File.read(log_path)
-    end
-
-    def stop
-      return unless pid
-
-      Process.kill(:TERM, pid)
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
-      until Process.waitpid(pid, Process::WNOHANG)
-        if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-          Process.kill(:KILL, pid)
-          Process.waitpid(pid)
-          break
-        end
-        sleep 0.02
-      end
-    rescue Errno::ESRCH, Errno::ECHILD
-      nil
-    ensure
-      self.pid = nil
-    end
-  end
-
-  define_method(:app_root) { app_root }
-  define_method(:rails_server) { rails_server }
+  include RailsServer::Helpers
 
   # Boots the app without a server (ruby -e 'require config/environment');
   # returns [stdout, stderr, status].
@@ -86,32 +16,17 @@ RSpec.describe "Rails integration (MegaMutex::Railtie)" do
     Open3.capture3(full, RbConfig.ruby, "-e", "require './config/environment'; #{script}", chdir: app_root)
   end
 
-  # The index of the first log line matching `pattern`.
-  def log_index(log, pattern)
-    log.lines.index { |line| line.match?(pattern) } || raise("no log line matches #{pattern.inspect}:\n#{log}")
-  end
-
-  # Runs the app while the examples of a group run.
-  def self.serve(env_proc)
-    before(:all) do
-      @dir = Dir.mktmpdir("mega_mutex_rails")
-      @app_namespace = "rails#{SecureRandom.hex(4)}"
-      @server = rails_server.new(instance_exec(&env_proc), app_root, @dir).start
-    end
-
-    after(:all) do
-      @server&.stop
-      FileUtils.rm_rf(@dir) if @dir
-    end
+  # Runs the app while the examples of a group run, under a namespace of its own.
+  def self.serve_with_memcached(env_proc)
+    before(:all) { @app_namespace = "rails#{SecureRandom.hex(4)}" }
+    serve(env_proc)
 
     # Look at memcached with the app's namespace.
     before { MegaMutex.configure { |c| c.namespace = @app_namespace } }
   end
 
-  let(:server) { @server }
-
   describe "configured with config.mega_mutex in config/application.rb" do
-    serve(-> { { "MM_CONFIG" => "1", "MM_SERVERS" => memcached.address, "MM_NAMESPACE" => @app_namespace } })
+    serve_with_memcached(-> { { "MM_CONFIG" => "1", "MM_SERVERS" => memcached.address, "MM_NAMESPACE" => @app_namespace } })
 
     it "applies every config.mega_mutex setting through MegaMutex.configure, with Rails.logger as the logger" do
       code, settings = server.get_json("/config")
@@ -193,7 +108,7 @@ RSpec.describe "Rails integration (MegaMutex::Railtie)" do
   end
 
   describe "configured with MegaMutex.configure in config/initializers as well" do
-    serve(lambda {
+    serve_with_memcached(lambda {
       { "MM_CONFIG" => "1", "MM_INITIALIZER" => "1", "MM_SERVERS" => memcached.address,
         "MM_NAMESPACE" => "from_config", "MM_INITIALIZER_NAMESPACE" => @app_namespace }
     })
