@@ -1,0 +1,88 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "json"
+require "tmpdir"
+
+# chaos/mysql.rb (backend :mysql) in its quick form, run as a subprocess that
+# starts its own mariadbd: holders killed with kill -9, holders stopped
+# (SIGSTOP) shorter and longer than the lease, mariadbd killed and shut down
+# and started again. Assertions are on counts and verdicts, never on timings
+# (the figures are the script's report).
+chaos_mysql_skip =
+  if ENV["MEGA_MUTEX_UNDER_VALGRIND"]
+    "the :mysql store is left out under valgrind (it cannot follow libmariadb's stack switching; see bin/valgrind)"
+  elsif !Servers::MariaDB.available?
+    "mariadbd (and the mariadb client) are not installed: apt-get install mariadb-server mariadb-client"
+  end
+
+RSpec.describe "chaos/mysql.rb (the :mysql backend)", skip: chaos_mysql_skip do
+  # Runs the script; returns [output, status, results from --json]. Its
+  # section logs go under a temporary directory (kept there when a run
+  # fails). Stopped with TERM (it then stops its workers and its mariadbd)
+  # if it runs past `timeout`.
+  def run_mysql_chaos(*args, timeout: 150)
+    command = [RbConfig.ruby, "-I", File.join(SpecHelpers::ROOT, "lib"), File.join(SpecHelpers::ROOT, "chaos", "mysql.rb"), *args]
+    Dir.mktmpdir("mm-mchaos") do |dir|
+      json = File.join(dir, "chaos.json")
+      Open3.popen2e({ "TMPDIR" => dir }, *command, "--json", json, chdir: SpecHelpers::ROOT) do |stdin, out, waiter|
+        stdin.close
+        output = Thread.new { out.read }
+        unless waiter.join(timeout)
+          Process.kill(:TERM, waiter.pid)
+          waiter.join
+          raise "chaos/mysql.rb did not finish within #{timeout}s:\n#{output.value}"
+        end
+        [output.value, waiter.value, File.exist?(json) ? JSON.parse(File.read(json)) : {}]
+      end
+    end
+  end
+
+  it "kill -9 of holders, holders paused shorter and longer than the lease, mariadbd killed and shut down: " \
+     "no overlap where none may be, every holder that lost the lock told, locking goes on" do
+    out, status, result = run_mysql_chaos("--quick")
+
+    expect(status.exitstatus).to eq(0), out
+    expect(out).to match(/^PASS: no overlap under kill -9 or short pauses/)
+    expect(result["pass"]).to be(true), out
+    kill, pause, server = result["scenarios"].values_at("kill", "pause", "server")
+    [kill, pause, server].each do |r|
+      expect(r["crashes"]).to eq([]), out
+      expect(r["timed_out"]).to be(false), out
+      expect(r["by"].fetch("outside", 0)).to eq(0), out
+    end
+
+    expect(kill["kills"]).to be > 0
+    expect(kill["kills_in_section"]).to be > 0
+    expect(kill["violations"]).to eq(0), out
+    expect(kill["completed"]).to be >= kill["target"]
+
+    expect(pause["short_pauses"]).to eq(1)
+    expect(pause["long_pauses"]).to eq(1)
+    expect(pause["by"].fetch("short_pause", 0)).to eq(0), out
+    expect(pause["long_paused_holders"]).to eq(1), out
+    expect(pause["told_long_pause"]).to eq(pause["long_paused_holders"]), out
+    expect(pause["by"].fetch("long_pause_untold", 0)).to eq(0), out
+
+    expect(server["server_crashes"]).to eq(1)
+    expect(server["shutdowns"]).to eq(1)
+    expect(server["told_restart"]).to eq(server["restarted_holders"]), out
+    expect(server["by"].fetch("crash_untold", 0) + server["by"].fetch("shutdown_untold", 0)).to eq(0), out
+    expect(server["sections_after_restart"]).to be > 0
+    # Every overlap is in a long pause's or a restart's window, its holder told.
+    (pause["overlaps"] + server["overlaps"]).each do |o|
+      expect(o["window"]).to match(/\A(long_pause|crash|shutdown)#/), o.inspect
+      expect(o["a_outcome"]).to eq("LockLostError"), o.inspect
+    end
+  end
+
+  it "finds the overlaps when the sections run without the mutex (--no-lock), and exits 1" do
+    out, status, result = run_mysql_chaos("--no-lock", "--scenario", "kill", "--procs", "3", "--sections", "5",
+                                          "--min-kills", "1")
+
+    expect(status.exitstatus).to eq(1), out
+    expect(Integer(out[/^OVERLAPS \(overlapping pairs\)\s+(\d+)/, 1])).to be > 0
+    expect(out).to match(/^FAIL: kill: \d+ overlap\(s\) under kill -9/)
+    expect(result["pass"]).to be(false)
+  end
+end
