@@ -54,39 +54,17 @@
  *
  * All functions here run without the GVL and use no Ruby API.
  */
-#define _GNU_SOURCE /* ppoll */
+#include "memcached_call.h"
 #include "store.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <libmemcached/memcached.h>
 #include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
-#include <unistd.h>
 
-/* An absolute expiry in the past (anything above 30 days is a Unix time):
- * a cas with it stores nothing lasting - the item is gone at once. */
-#define MM_EXPIRE_NOW 2592001UL
 #define MM_RELEASE_TRIES 5
-#define MM_LINE_MAX 1024          /* longest reply line accepted */
-#define MM_VALUE_MAX (1024 * 1024) /* longest value drained from a gets */
-#define MM_RBUF 4096
-/* An interrupt ends a request at once while nothing has been written that
- * changes the server; after a store command was written it lets the reply
- * arrive for this long (normally well under a millisecond), so that a take
- * or release cut by Timeout still has a known outcome. Only a server that
- * answers slower than this leaves the outcome unknown. */
-#define MM_INTERRUPT_GRACE 0.02
 /* The lease rules. memcached's clock ticks once a second, can lag real time
  * by up to a second and then jump (a late tick, a paused server): a lease
  * sent as lock_ttl + 2 lasts at least lock_ttl (chaos/run.rb measured
@@ -103,41 +81,12 @@ typedef struct {
 } mc_lease_state;
 
 typedef struct {
-  char *host;      /* host name or address, or a unix socket path */
-  unsigned port;   /* 0: unix socket */
-  char label[300]; /* "host:port" or the path, for messages */
-  int fd;          /* -1 when closed */
-  uint64_t generation; /* of the open connection; 0 when closed */
-  double retry_at;     /* after a failed connect: fail at once until then */
-  char connect_error[256];
-  char rbuf[MM_RBUF];
-  size_t rpos, rlen;
-} mm_conn;
-
-typedef struct {
   mm_store base;
   memcached_st *mc; /* the server list and the continuum; never does I/O */
-  mm_conn *conns;
+  mmc_conn *conns;
   size_t nconns;
-  double connect_timeout, io_timeout, retry_timeout; /* seconds */
-  double deadline; /* of the request in progress */
-  double grace_until; /* once interrupted: when to give up; 0 before */
-  int retryable;   /* the last failure: a connection that broke while idle */
+  mmc_call call; /* the request in progress: its deadline, grace, retryability */
 } mm_memcached_store;
-
-/* Generations are unique across the stores of a process, so a witness from
- * one store never matches another's. Never 0 (0 means "unknown"). */
-static uint64_t generation_counter;
-
-static uint64_t next_generation(void) {
-  return __atomic_add_fetch(&generation_counter, 1, __ATOMIC_RELAXED);
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
 
 int mm_key_valid(mm_bytes key) {
   if (key.len == 0 || key.len > MM_KEY_MAX) return 0;
@@ -152,448 +101,56 @@ int mm_token_valid(mm_bytes token) {
   return token.len <= MM_TOKEN_MAX && mm_key_valid(token);
 }
 
-/* ---- errors ------------------------------------------------------------- */
-
-static void conn_close(mm_conn *c) {
-  if (c->fd >= 0) close(c->fd);
-  c->fd = -1;
-  c->generation = 0;
-  c->rpos = c->rlen = 0;
-}
-
-/* Closes `c` (its replies may be out of step, or it is broken) and records
- * "memcached <server> failed to <doing>: <why>". */
-static mm_status conn_fail(mm_memcached_store *s, mm_conn *c, mm_status st, const char *doing,
-                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static mm_status conn_fail(mm_memcached_store *s, mm_conn *c, mm_status st, const char *doing,
-                           const char *fmt, ...) {
-  char why[400];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(why, sizeof why, fmt, ap);
-  va_end(ap);
-  conn_close(c);
-  if (st != MM_INTERRUPTED)
-    snprintf(s->base.error, sizeof s->base.error, "memcached %s failed to %.40s: %s", c->label, doing, why);
-  return st;
-}
-
-/* A printable excerpt of a reply, for messages. */
-static void excerpt(const char *p, size_t n, char *out, size_t outlen) {
-  size_t j = 0;
-  for (size_t i = 0; i < n && j + 5 < outlen; i++) {
-    unsigned char ch = (unsigned char) p[i];
-    if (ch == '\r' || ch == '\n') break;
-    if (ch >= 0x20 && ch < 0x7f) out[j++] = (char) ch;
-    else j += (size_t) snprintf(out + j, outlen - j, "\\x%02x", ch);
-  }
-  if (n > 80 && j + 4 < outlen) {
-    memcpy(out + j, "...", 3);
-    j += 3;
-  }
-  out[j] = '\0';
-}
-
-/* ---- waiting ------------------------------------------------------------ */
-
-static int cancelled(const mm_memcached_store *s) {
-  return s->base.cancelled != NULL && __atomic_load_n(s->base.cancelled, __ATOMIC_SEQ_CST);
-}
-
-/* Waits until `fd` is ready for `events`: MM_OK, MM_TIMEOUT at `deadline`,
- * or MM_INTERRUPTED when the waker fires (see MM_INTERRUPT_GRACE). */
-static mm_status wait_fd(mm_memcached_store *s, int fd, short events, double deadline) {
-  struct pollfd pfd[2] = {{fd, events, 0}, {s->base.cancel_fd, POLLIN, 0}};
-  for (;;) {
-    int cancel = cancelled(s);
-    double now = now_s(), until = deadline;
-    if (cancel) {
-      if (!s->base.maybe_applied) return MM_INTERRUPTED;
-      if (s->grace_until == 0) s->grace_until = now + MM_INTERRUPT_GRACE;
-      if (s->grace_until < until) until = s->grace_until;
-    }
-    double left = until - now;
-    if (left <= 0) return cancel ? MM_INTERRUPTED : MM_TIMEOUT;
-    struct timespec ts;
-    ts.tv_sec = (time_t) left;
-    ts.tv_nsec = (long) ((left - (double) ts.tv_sec) * 1e9);
-    /* Once interrupted, the waker stays readable: watch the socket only. */
-    nfds_t n = (!cancel && s->base.cancel_fd >= 0) ? 2 : 1;
-    int r = ppoll(pfd, n, &ts, NULL);
-    if (r < 0 && errno != EINTR) return MM_ERR_CONNECTION;
-    if (r > 0 && pfd[0].revents != 0) return MM_OK;
-  }
-}
-
-/* ---- connections -------------------------------------------------------- */
-
-static int set_nonblocking_socket(int domain) {
-  return socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-}
-
-/* connect() on a non-blocking socket, waiting until `deadline`. 0, or an
- * errno (ETIMEDOUT at the deadline, EINTR when interrupted). */
-static int connect_wait(mm_memcached_store *s, int fd, const struct sockaddr *addr, socklen_t len,
-                        double deadline) {
-  if (connect(fd, addr, len) == 0) return 0;
-  if (errno != EINPROGRESS) return errno; /* a unix socket's full backlog (EAGAIN) too */
-  mm_status st = wait_fd(s, fd, POLLOUT, deadline);
-  if (st == MM_TIMEOUT) return ETIMEDOUT;
-  if (st == MM_INTERRUPTED) return EINTR;
-  int err = 0;
-  socklen_t elen = sizeof err;
-  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) return errno;
-  return err;
-}
-
-static mm_status connect_failed(mm_memcached_store *s, mm_conn *c, const char *doing, const char *why) {
-  snprintf(c->connect_error, sizeof c->connect_error, "%s", why);
-  c->retry_at = now_s() + s->retry_timeout;
-  return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s", why);
-}
-
-/* Opens c's connection if it is closed. A failed connect is remembered: for
- * retry_timeout seconds calls fail at once, with the same cause. */
-static mm_status conn_open(mm_memcached_store *s, mm_conn *c, const char *doing) {
-  if (c->fd >= 0) return MM_OK;
-  double start = now_s();
-  if (start < c->retry_at)
-    return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s (not retried for another %.1f s)", c->connect_error,
-                     c->retry_at - start);
-  double deadline = start + s->connect_timeout;
-  char why[256];
-  int fd = -1, err = 0;
-
-  if (c->port == 0) {
-    struct sockaddr_un sun;
-    memset(&sun, 0, sizeof sun);
-    sun.sun_family = AF_UNIX;
-    if (strlen(c->host) >= sizeof sun.sun_path) return connect_failed(s, c, doing, "socket path too long");
-    memcpy(sun.sun_path, c->host, strlen(c->host) + 1);
-    fd = set_nonblocking_socket(AF_UNIX);
-    if (fd < 0) err = errno;
-    else err = connect_wait(s, fd, (const struct sockaddr *) &sun, sizeof sun, deadline);
-  } else {
-    struct addrinfo hints, *list = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    char port[16];
-    snprintf(port, sizeof port, "%u", c->port);
-    int gai = getaddrinfo(c->host, port, &hints, &list);
-    if (gai != 0) {
-      snprintf(why, sizeof why, "could not resolve host: %s", gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
-      return connect_failed(s, c, doing, why);
-    }
-    err = ENOENT;
-    for (struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
-      fd = set_nonblocking_socket(ai->ai_family);
-      if (fd < 0) {
-        err = errno;
-        continue;
-      }
-      err = connect_wait(s, fd, ai->ai_addr, ai->ai_addrlen, deadline);
-      if (err == 0 || err == EINTR) break;
-      close(fd);
-      fd = -1;
-    }
-    freeaddrinfo(list);
-    if (fd >= 0 && err == 0) {
-      int one = 1;
-      if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) err = errno;
-    }
-  }
-  if (err != 0) {
-    if (fd >= 0) close(fd);
-    if (err == EINTR) return MM_INTERRUPTED;
-    if (err == ETIMEDOUT)
-      snprintf(why, sizeof why, "could not connect: timed out after %.3g s (connect_timeout)", s->connect_timeout);
-    else if (err == EMFILE || err == ENFILE)
-      snprintf(why, sizeof why, "could not open a socket: %s", strerror(err));
-    else
-      snprintf(why, sizeof why, "could not connect: %s", strerror(err));
-    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
-      return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s", why); /* ours, not the server's: no retry delay */
-    return connect_failed(s, c, doing, why);
-  }
-  c->fd = fd;
-  c->generation = next_generation();
-  c->rpos = c->rlen = 0;
-  c->retry_at = 0;
-  /* Time spent connecting is not taken from the request's own budget. */
-  s->deadline += now_s() - start;
-  return MM_OK;
-}
+/* ---- requests ---------------------------------------------------------- */
 
 /* The server of `key` (libmemcached's continuum: pure computation). A
  * connection with bytes left over from an earlier reply has a server that
  * sends what was not asked for: it is closed (and reopened on use), so those
  * bytes can never be read as the reply to the next request. */
-static mm_conn *conn_for(mm_memcached_store *s, mm_bytes key) {
+static mmc_conn *conn_for(mm_memcached_store *s, mm_bytes key) {
   uint32_t i = s->nconns == 1 ? 0 : memcached_generate_hash(s->mc, key.ptr, key.len);
   if (i >= s->nconns) i = 0; /* cannot happen: the continuum only names our servers */
-  mm_conn *c = &s->conns[i];
-  if (c->fd >= 0 && c->rpos != c->rlen) conn_close(c);
+  mmc_conn *c = &s->conns[i];
+  if (c->fd >= 0 && mmc_conn_stray(c)) mmc_conn_close(c);
   return c;
 }
 
-/* ---- requests and replies ------------------------------------------------ */
-
-/* A failed read or write on an open connection. */
-static mm_status io_failed(mm_memcached_store *s, mm_conn *c, mm_status st, const char *doing, int err,
-                           int eof) {
-  if (st == MM_INTERRUPTED) return conn_fail(s, c, MM_INTERRUPTED, doing, "interrupted");
-  if (st == MM_TIMEOUT)
-    return conn_fail(s, c, MM_ERR_CONNECTION, doing, "timed out after %.3g s (io_timeout)", s->io_timeout);
-  /* A connection that broke while idle (server restarted, idle timeout):
-   * worth one more try on a new one. */
-  s->retryable = 1;
-  if (eof) return conn_fail(s, c, MM_ERR_CONNECTION, doing, "the server closed the connection");
-  return conn_fail(s, c, MM_ERR_CONNECTION, doing, "%s", strerror(err));
-}
-
-static mm_status send_all(mm_memcached_store *s, mm_conn *c, const char *buf, size_t len, const char *doing) {
-  if (c->rpos != c->rlen) {
-    char ex[100];
-    excerpt(c->rbuf + c->rpos, c->rlen - c->rpos, ex, sizeof ex);
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "unexpected reply \"%s\" (sent before it was asked for)", ex);
-  }
-  while (len > 0) {
-    ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
-    if (n > 0) {
-      buf += n;
-      len -= (size_t) n;
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      mm_status st = wait_fd(s, c->fd, POLLOUT, s->deadline);
-      if (st != MM_OK) return io_failed(s, c, st, doing, errno, 0);
-      continue;
-    }
-    return io_failed(s, c, MM_ERR_CONNECTION, doing, errno, 0);
-  }
-  return MM_OK;
-}
-
-/* Reads more bytes into c->rbuf. */
-static mm_status fill(mm_memcached_store *s, mm_conn *c, const char *doing) {
-  if (c->rpos > 0) {
-    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
-    c->rlen -= c->rpos;
-    c->rpos = 0;
-  }
-  for (;;) {
-    ssize_t n = recv(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen, 0);
-    if (n > 0) {
-      c->rlen += (size_t) n;
-      return MM_OK;
-    }
-    if (n == 0) return io_failed(s, c, MM_ERR_CONNECTION, doing, 0, 1);
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return io_failed(s, c, MM_ERR_CONNECTION, doing, errno, 0);
-    mm_status st = wait_fd(s, c->fd, POLLIN, s->deadline);
-    if (st != MM_OK) return io_failed(s, c, st, doing, errno, 0);
-  }
-}
-
-/* One reply line, without its "\r\n", NUL-terminated in *line (valid until
- * the next read). */
-static mm_status read_line(mm_memcached_store *s, mm_conn *c, const char *doing, char **line, size_t *len) {
-  for (;;) {
-    char *start = c->rbuf + c->rpos;
-    size_t avail = c->rlen - c->rpos;
-    char *nl = memchr(start, '\n', avail);
-    if (nl != NULL) {
-      size_t n = (size_t) (nl - start);
-      if (n == 0 || start[n - 1] != '\r') {
-        char ex[100];
-        excerpt(start, n, ex, sizeof ex);
-        return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (a line not ended by CRLF): \"%s\"", ex);
-      }
-      start[n - 1] = '\0';
-      *line = start;
-      *len = n - 1;
-      c->rpos += n + 1;
-      return MM_OK;
-    }
-    if (avail >= MM_LINE_MAX) {
-      char ex[100];
-      excerpt(start, avail, ex, sizeof ex);
-      return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (a line longer than %d bytes): \"%s\"",
-                       MM_LINE_MAX, ex);
-    }
-    mm_status st = fill(s, c, doing);
-    if (st != MM_OK) return st;
-  }
-}
-
-/* Reads `n` bytes of a value, keeping the first `keep` in out. */
-static mm_status read_bytes(mm_memcached_store *s, mm_conn *c, const char *doing, size_t n, char *out, size_t keep) {
-  size_t done = 0;
-  while (done < n) {
-    if (c->rpos == c->rlen) {
-      mm_status st = fill(s, c, doing);
-      if (st != MM_OK) return st;
-    }
-    size_t take = c->rlen - c->rpos;
-    if (take > n - done) take = n - done;
-    if (done < keep) memcpy(out + done, c->rbuf + c->rpos, (keep - done) < take ? keep - done : take);
-    c->rpos += take;
-    done += take;
-  }
-  return MM_OK;
-}
-
-/* A decimal number of at most `max`, all digits, nothing else. */
-static int parse_number(const char *p, size_t n, uint64_t max, uint64_t *out) {
-  if (n == 0 || n > 20) return 0;
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (p[i] < '0' || p[i] > '9') return 0;
-    uint64_t d = (uint64_t) (p[i] - '0');
-    if (v > (UINT64_MAX - d) / 10) return 0;
-    v = v * 10 + d;
-  }
-  if (v > max) return 0;
-  *out = v;
-  return 1;
-}
-
-/* Splits `line` at single spaces into at most `max` words. */
-static size_t split_words(char *line, size_t len, const char **words, size_t *lens, size_t max) {
-  size_t n = 0, i = 0;
-  while (i < len && n < max + 1) {
-    size_t j = i;
-    while (j < len && line[j] != ' ') j++;
-    if (n < max) {
-      words[n] = line + i;
-      lens[n] = j - i;
-    }
-    n++;
-    i = j + 1;
-  }
-  return n;
-}
-
-static int word_is(const char *w, size_t n, const char *lit) {
-  return strlen(lit) == n && memcmp(w, lit, n) == 0;
-}
-
-static int starts_with(const char *line, size_t len, const char *lit) {
-  size_t n = strlen(lit);
-  return len >= n && memcmp(line, lit, n) == 0;
-}
-
-/* An error line a server may send instead of any reply: ServerError with
- * its text. Anything else that is not the reply expected: ServerError
- * "unexpected reply". Either way the connection is closed. */
-static mm_status unexpected(mm_memcached_store *s, mm_conn *c, const char *doing, const char *line, size_t len) {
-  char ex[200];
-  excerpt(line, len, ex, sizeof ex);
-  if (starts_with(line, len, "SERVER_ERROR") || starts_with(line, len, "CLIENT_ERROR"))
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "%s", ex);
-  if (word_is(line, len, "ERROR"))
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "ERROR (the server does not know the command: is it a memcached?)");
-  return conn_fail(s, c, MM_ERR_SERVER, doing, "unexpected reply \"%s\"", ex);
-}
-
-/* The reply to "gets key": MM_OK with holder filled, MM_ABSENT, or an
- * error. Exactly "VALUE <key> <flags> <bytes> <cas>\r\n<bytes>\r\nEND\r\n"
- * or "END\r\n" is accepted. */
-static mm_status read_gets_reply(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_holder *holder,
-                                 const char *doing) {
-  char *line;
-  size_t len;
-  mm_status st = read_line(s, c, doing, &line, &len);
-  if (st != MM_OK) return st;
-  if (word_is(line, len, "END")) return MM_ABSENT;
-  if (!starts_with(line, len, "VALUE ")) return unexpected(s, c, doing, line, len);
-
-  const char *w[5];
-  size_t wl[5];
-  uint64_t flags, bytes, cas;
-  char ex[200];
-  excerpt(line, len, ex, sizeof ex);
-  if (split_words(line, len, w, wl, 5) != 5 || wl[1] != key.len || memcmp(w[1], key.ptr, key.len) != 0 ||
-      !parse_number(w[2], wl[2], UINT32_MAX, &flags) || !parse_number(w[3], wl[3], MM_VALUE_MAX, &bytes) ||
-      !parse_number(w[4], wl[4], UINT64_MAX, &cas))
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" (expected VALUE %.*s <flags> <bytes> <cas>)",
-                     ex, (int) key.len, key.ptr);
-  size_t keep = bytes > MM_TOKEN_MAX ? MM_TOKEN_MAX : (size_t) bytes;
-  st = read_bytes(s, c, doing, (size_t) bytes, holder->token, keep);
-  if (st != MM_OK) return st;
-  holder->token[keep] = '\0';
-  holder->token_len = keep; /* a longer value cannot be one of our tokens */
-  holder->version = cas;
-  holder->witness = c->generation;
-  st = read_line(s, c, doing, &line, &len);
-  if (st != MM_OK) return st;
-  if (len != 0)
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (the value is longer than the %llu bytes announced)",
-                     (unsigned long long) bytes);
-  st = read_line(s, c, doing, &line, &len);
-  if (st != MM_OK) return st;
-  if (!word_is(line, len, "END")) {
-    excerpt(line, len, ex, sizeof ex);
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" after the value (expected END)", ex);
-  }
-  return MM_OK;
-}
-
-/* One reply line to a store command, matched against `accepted` (a
- * NULL-terminated list): its index, or -1 with an error returned in *st. */
-static int read_status(mm_memcached_store *s, mm_conn *c, const char *doing, const char *const *accepted,
-                       mm_status *st) {
-  char *line;
-  size_t len;
-  *st = read_line(s, c, doing, &line, &len);
-  if (*st != MM_OK) return -1;
-  for (int i = 0; accepted[i] != NULL; i++)
-    if (word_is(line, len, accepted[i])) return i;
-  *st = unexpected(s, c, doing, line, len);
-  return -1;
-}
-
 /* Starts a request on the server of `key`: the deadline, the connection. */
-static mm_status begin(mm_memcached_store *s, mm_bytes key, mm_conn **c, const char *doing) {
-  s->deadline = now_s() + s->io_timeout;
-  s->grace_until = 0;
-  s->retryable = 0;
+static mm_status begin(mm_memcached_store *s, mm_bytes key, mmc_conn **c, const char *doing) {
+  mmc_call_start(&s->call);
   *c = conn_for(s, key);
-  return conn_open(s, *c, doing);
+  return mmc_open(&s->call, *c, doing);
 }
 
 /* A retry of a whole request on a fresh connection, after one that broke
  * while idle. */
-static mm_status again(mm_memcached_store *s, mm_bytes key, mm_conn **c, const char *doing) {
-  s->retryable = 0;
+static mm_status again(mm_memcached_store *s, mm_bytes key, mmc_conn **c, const char *doing) {
+  s->call.retryable = 0;
   *c = conn_for(s, key);
-  return conn_open(s, *c, doing);
+  return mmc_open(&s->call, *c, doing);
 }
 
 /* gets: MM_OK with holder filled, MM_ABSENT, or an error. */
-static mm_status gets(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_holder *holder, const char *doing) {
+static mm_status gets_key(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_holder *holder, const char *doing) {
   char req[MM_KEY_MAX + 16];
   int n = snprintf(req, sizeof req, "gets %.*s\r\n", (int) key.len, key.ptr);
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
-  return read_gets_reply(s, c, key, holder, doing);
+  return mmc_read_gets(&s->call, c, key, holder, doing);
 }
 
 /* cas with `exptime`: MM_OK (stored), MM_HELD (EXISTS: changed since),
  * MM_ABSENT (NOT_FOUND), or an error (then maybe applied). */
-static mm_status cas(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, unsigned long exptime,
+static mm_status cas(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_bytes token, unsigned long exptime,
                      uint64_t version, const char *doing) {
   char req[MM_KEY_MAX + MM_TOKEN_MAX + 96];
   int n = snprintf(req, sizeof req, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, exptime,
                    token.len, (unsigned long long) version, (int) token.len, token.ptr);
   s->base.maybe_applied = 1;
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   static const char *const accepted[] = {"STORED", "EXISTS", "NOT_FOUND", NULL};
-  switch (read_status(s, c, doing, accepted, &st)) {
+  switch (mmc_read_status(&s->call, c, doing, accepted, &st)) {
   case 0: return MM_OK;
   case 1: return MM_HELD;
   case 2: return MM_ABSENT;
@@ -605,9 +162,9 @@ static int holder_is(const mm_holder *holder, mm_bytes token) {
   return holder->token_len == token.len && memcmp(holder->token, token.ptr, token.len) == 0;
 }
 
-static mm_status require_cas(mm_memcached_store *s, mm_conn *c, const mm_holder *holder) {
+static mm_status require_cas(mm_memcached_store *s, mmc_conn *c, const mm_holder *holder) {
   if (holder->version != 0) return MM_OK;
-  conn_close(c);
+  mmc_conn_close(c);
   snprintf(s->base.error, sizeof s->base.error,
            "memcached %s returned CAS 0 (server started with -C?): "
            "MegaMutex needs CAS for an atomic, owner-checked release", c->label);
@@ -630,70 +187,54 @@ static mm_status require_cas(mm_memcached_store *s, mm_conn *c, const mm_holder 
  * clocks are right (to within the time the server was down) - the weaker
  * guarantee of a lock on one server. A server that knows neither command
  * answers ERROR: no token (0). */
-static size_t fence_key(mm_bytes key, char *out, size_t outlen) {
-  if (key.len <= MM_KEY_MAX - 2) return (size_t) snprintf(out, outlen, "~f%.*s", (int) key.len, key.ptr);
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < key.len; i++) {
-    h ^= (unsigned char) key.ptr[i];
-    h *= 1099511628211ULL;
-  }
-  return (size_t) snprintf(out, outlen, "~f%.*s%016llx", MM_KEY_MAX - 18, key.ptr, (unsigned long long) h);
-}
-
-static uint64_t wall_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
 /* "incr <fence> 1\r\n" into buf; its length. */
 static int fence_request(mm_bytes key, char *buf, size_t buflen) {
   char fk[MM_KEY_MAX + 1];
-  size_t fl = fence_key(key, fk, sizeof fk);
+  size_t fl = mmc_fence_key(key, fk, sizeof fk);
   return snprintf(buf, buflen, "incr %.*s 1\r\n", (int) fl, fk);
 }
 
 /* The reply to the fence's incr: the new value (MM_OK, *token), NOT_FOUND
  * (MM_OK, *missing), or ERROR from a server without it (MM_OK, token 0). */
-static mm_status read_fence_reply(mm_memcached_store *s, mm_conn *c, const char *doing, uint64_t *token, int *missing) {
+static mm_status read_fence_reply(mm_memcached_store *s, mmc_conn *c, const char *doing, uint64_t *token, int *missing) {
   char *line;
   size_t len;
   *token = 0;
   *missing = 0;
-  mm_status st = read_line(s, c, doing, &line, &len);
+  mm_status st = mmc_read_line(&s->call, c, doing, &line, &len);
   if (st != MM_OK) return st;
-  if (word_is(line, len, "ERROR")) return MM_OK;
-  if (word_is(line, len, "NOT_FOUND")) {
+  if (mmc_word_is(line, len, "ERROR")) return MM_OK;
+  if (mmc_word_is(line, len, "NOT_FOUND")) {
     *missing = 1;
     return MM_OK;
   }
-  if (!parse_number(line, len, UINT64_MAX, token) || *token == 0) return unexpected(s, c, doing, line, len);
+  if (!mmc_number(line, len, UINT64_MAX, token) || *token == 0) return mmc_reject(&s->call, c, doing, line, len);
   return MM_OK;
 }
 
 /* The winner's fence: created if missing, then incremented (one round trip
  * more, at the first take of an id and after the server lost its fence). */
-static mm_status fence_seed(mm_memcached_store *s, mm_conn *c, mm_bytes key, const char *doing, uint64_t *token) {
+static mm_status fence_seed(mm_memcached_store *s, mmc_conn *c, mm_bytes key, const char *doing, uint64_t *token) {
   char fk[MM_KEY_MAX + 1];
-  size_t fl = fence_key(key, fk, sizeof fk);
+  size_t fl = mmc_fence_key(key, fk, sizeof fk);
   char req[2 * MM_KEY_MAX + 64];
   int n = snprintf(req, sizeof req, "ma %.*s N0 J%llu\r\nincr %.*s 1\r\n", (int) fl, fk,
-                   (unsigned long long) wall_us(), (int) fl, fk);
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+                   (unsigned long long) mmc_wall_us(), (int) fl, fk);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   char *line;
   size_t len;
-  if ((st = read_line(s, c, doing, &line, &len)) != MM_OK) return st;
-  if (!word_is(line, len, "HD") && !word_is(line, len, "ERROR")) return unexpected(s, c, doing, line, len);
+  if ((st = mmc_read_line(&s->call, c, doing, &line, &len)) != MM_OK) return st;
+  if (!mmc_word_is(line, len, "HD") && !mmc_word_is(line, len, "ERROR")) return mmc_reject(&s->call, c, doing, line, len);
   int missing;
   return read_fence_reply(s, c, doing, token, &missing); /* still missing (evicted at once): no token */
 }
 
 /* The fence for a take won on the slow path: one more round trip. */
-static mm_status fence_next(mm_memcached_store *s, mm_conn *c, mm_bytes key, const char *doing, uint64_t *token) {
+static mm_status fence_next(mm_memcached_store *s, mmc_conn *c, mm_bytes key, const char *doing, uint64_t *token) {
   char req[MM_KEY_MAX + 48];
   int n = fence_request(key, req, sizeof req);
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   int missing;
   if ((st = read_fence_reply(s, c, doing, token, &missing)) != MM_OK) return st;
@@ -705,21 +246,21 @@ static mm_status fence_next(mm_memcached_store *s, mm_conn *c, mm_bytes key, con
 /* The slow path: an add whose reply we wait for, then a read. Used when the
  * fast path read back no item at all - either the holder released between
  * our add and our read, or the server would not store the lock. */
-static mm_status acquire_confirmed(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
+static mm_status acquire_confirmed(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
                                    mm_holder *holder, uint64_t *fence) {
   const char *doing = "store a lock";
   char req[MM_KEY_MAX + MM_TOKEN_MAX + 64];
   int n = snprintf(req, sizeof req, "add %.*s 0 %u %zu\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) ttl,
                    token.len, (int) token.len, token.ptr);
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   static const char *const accepted[] = {"STORED", "NOT_STORED", "EXISTS", NULL};
-  int r = read_status(s, c, doing, accepted, &st);
+  int r = mmc_read_status(&s->call, c, doing, accepted, &st);
   if (r < 0) return st;
-  st = gets(s, c, key, holder, doing);
+  st = gets_key(s, c, key, holder, doing);
   if (r == 0) {
     if (st == MM_ABSENT)
-      return conn_fail(s, c, MM_ERR_SERVER, doing,
+      return mmc_fail(&s->call, c, MM_ERR_SERVER, doing,
                        "it stored the lock but lost it at once (evicted? run a dedicated memcached with -M)");
     if (st != MM_OK) return st;
     if (!holder_is(holder, token)) return MM_HELD;
@@ -738,7 +279,7 @@ static mm_status acquire_confirmed(mm_memcached_store *s, mm_conn *c, mm_bytes k
   return fence_next(s, c, key, doing, fence);
 }
 
-static mm_status acquire_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
+static mm_status acquire_once(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl,
                               mm_holder *holder, uint64_t *fence) {
   const char *doing = "store a lock";
   char req[3 * MM_KEY_MAX + MM_TOKEN_MAX + 120];
@@ -749,11 +290,11 @@ static mm_status acquire_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, m
   n += fence_request(key, req + n, sizeof req - (size_t) n);
   n += snprintf(req + n, sizeof req - (size_t) n, "gets %.*s\r\n", (int) key.len, key.ptr);
   s->base.maybe_applied = 1;
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   int fence_missing = 0;
   if ((st = read_fence_reply(s, c, doing, fence, &fence_missing)) != MM_OK) return st;
-  st = read_gets_reply(s, c, key, holder, doing);
+  st = mmc_read_gets(&s->call, c, key, holder, doing);
   if (st == MM_ABSENT) return acquire_confirmed(s, c, key, token, ttl, holder, fence);
   if (st != MM_OK) return st;
   if (!holder_is(holder, token)) return MM_HELD;
@@ -764,15 +305,15 @@ static mm_status acquire_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, m
      * The CAS error is what the caller must see, whatever this does. */
     char err[MM_ERROR_MAX];
     memcpy(err, s->base.error, sizeof err);
-    if (conn_open(s, c, doing) == MM_OK) {
+    if (mmc_open(&s->call, c, doing) == MM_OK) {
       char del[MM_KEY_MAX + 16];
       n = snprintf(del, sizeof del, "delete %.*s\r\n", (int) key.len, key.ptr);
       static const char *const accepted[] = {"DELETED", "NOT_FOUND", NULL};
       mm_status ignored;
-      if (send_all(s, c, del, (size_t) n, doing) == MM_OK) (void) read_status(s, c, doing, accepted, &ignored);
+      if (mmc_send_all(&s->call, c, del, (size_t) n, doing) == MM_OK) (void) mmc_read_status(&s->call, c, doing, accepted, &ignored);
     }
     memcpy(s->base.error, err, sizeof err);
-    conn_close(c);
+    mmc_conn_close(c);
   }
   return st;
 }
@@ -839,7 +380,7 @@ static uint64_t probe_hint(mm_bytes key, uint64_t generation) {
 
 /* Whether `holder` carries the hint of an attempt on `key` that found it
  * held by another token, read on `c` as it is now open. */
-static int probe_due(const mm_holder *holder, mm_bytes key, const mm_conn *c) {
+static int probe_due(const mm_holder *holder, mm_bytes key, const mmc_conn *c) {
   return c->fd >= 0 && c->generation != 0 && holder->token_len > 0 && holder->version != 0 &&
          holder->witness == probe_hint(key, c->generation);
 }
@@ -847,10 +388,10 @@ static int probe_due(const mm_holder *holder, mm_bytes key, const mm_conn *c) {
 /* "gets key" alone: MM_HELD (another token holds it; holder filled), MM_OK
  * (take in full: absent, or our own token), or an error. Writes nothing
  * that changes the server. */
-static mm_status probe_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, mm_holder *holder) {
+static mm_status probe_once(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_bytes token, mm_holder *holder) {
   mm_holder seen;
   memset(&seen, 0, sizeof seen);
-  mm_status st = gets(s, c, key, &seen, "store a lock");
+  mm_status st = gets_key(s, c, key, &seen, "store a lock");
   if (st == MM_ABSENT) return MM_OK;
   if (st != MM_OK) return st;
   if (holder_is(&seen, token) || seen.version == 0) return MM_OK;
@@ -865,25 +406,25 @@ static mm_status mc_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint3
                              mm_holder *holder) {
   mm_memcached_store *s = (mm_memcached_store *) base;
   const char *doing = "store a lock";
-  mm_conn *c;
+  mmc_conn *c;
   base->maybe_applied = 0;
   uint32_t wire = ttl + MM_WIRE_MARGIN;
-  double started = now_s();
+  double started = mmc_now();
   uint64_t fence = 0;
   int retried = 0;
   const mm_holder before = *holder; /* the holder the last attempt found */
   mm_status st = begin(s, key, &c, doing);
   if (st == MM_OK && probe_due(holder, key, c)) {
     st = probe_once(s, c, key, token, holder);
-    if (st == MM_ERR_CONNECTION && s->retryable) {
+    if (st == MM_ERR_CONNECTION && s->call.retryable) {
       retried = 1;
       st = again(s, key, &c, doing); /* a new connection: the full take */
     }
   }
   if (st == MM_OK) {
-    started = now_s(); /* the lease counts from the add */
+    started = mmc_now(); /* the lease counts from the add */
     st = acquire_once(s, c, key, token, wire, holder, &fence);
-    if (st == MM_ERR_CONNECTION && s->retryable && !retried && (st = again(s, key, &c, doing)) == MM_OK)
+    if (st == MM_ERR_CONNECTION && s->call.retryable && !retried && (st = again(s, key, &c, doing)) == MM_OK)
       st = acquire_once(s, c, key, token, wire, holder, &fence);
   }
   if (st == MM_OK) {
@@ -911,29 +452,29 @@ static mm_status mc_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint3
 static mm_status release_checked(mm_memcached_store *s, mm_bytes key, mm_bytes token, int unknown) {
   const char *doing = "release a lock";
   mm_holder holder;
-  mm_conn *c = conn_for(s, key);
+  mmc_conn *c = conn_for(s, key);
   int retried = 0;
   for (int attempt = 0; attempt < MM_RELEASE_TRIES; attempt++) {
-    mm_status st = conn_open(s, c, doing);
-    if (st == MM_OK) st = gets(s, c, key, &holder, doing);
+    mm_status st = mmc_open(&s->call, c, doing);
+    if (st == MM_OK) st = gets_key(s, c, key, &holder, doing);
     if (st == MM_ABSENT) return unknown ? MM_OK : MM_ABSENT;
     if (st == MM_OK) {
       if (!holder_is(&holder, token)) return MM_HELD;
       if ((st = require_cas(s, c, &holder)) != MM_OK) return st;
-      st = cas(s, c, key, token, MM_EXPIRE_NOW, holder.version, doing);
+      st = cas(s, c, key, token, MMC_EXPIRE_NOW, holder.version, doing);
       if (st == MM_OK) return MM_OK;
       if (st == MM_ABSENT) return unknown ? MM_OK : MM_ABSENT;
       if (st == MM_HELD) continue; /* changed since we read it (renewed meanwhile): look again */
       if (st == MM_ERR_CONNECTION) unknown = 1;
     }
-    if (st == MM_ERR_CONNECTION && s->retryable && !retried) {
+    if (st == MM_ERR_CONNECTION && s->call.retryable && !retried) {
       retried = 1; /* once, on a fresh connection */
-      s->retryable = 0;
+      s->call.retryable = 0;
       continue;
     }
     return st;
   }
-  conn_close(c);
+  mmc_conn_close(c);
   snprintf(s->base.error, sizeof s->base.error, "memcached %s: the lock kept changing while being released",
            c->label);
   return MM_ERR_SERVER;
@@ -944,40 +485,38 @@ static mm_status mc_release(mm_store *base, mm_bytes key, mm_bytes token, const 
   mm_memcached_store *s = (mm_memcached_store *) base;
   mc_lease_state held = lease_get(lease);
   uint64_t version = held.version, witness = held.witness;
-  mm_conn *c;
+  mmc_conn *c;
   base->maybe_applied = unknown;
-  s->deadline = now_s() + s->io_timeout;
-  s->grace_until = 0;
-  s->retryable = 0;
+  mmc_call_start(&s->call);
   c = conn_for(s, key);
   if (version == 0 || witness == 0 || c->fd < 0 || witness != c->generation)
     return release_checked(s, key, token, unknown);
 
   /* The short path: `version` was read on this very connection, still open,
    * so it is a CAS of this server process. */
-  mm_status st = cas(s, c, key, token, MM_EXPIRE_NOW, version, "release a lock");
+  mm_status st = cas(s, c, key, token, MMC_EXPIRE_NOW, version, "release a lock");
   if (st == MM_OK) return MM_OK;
   if (st == MM_ABSENT) return unknown ? MM_OK : MM_ABSENT; /* expired: nobody holds it */
   if (st == MM_HELD) return release_checked(s, key, token, unknown); /* renewed, or taken over */
   /* The connection broke with the cas sent (a restarted server, or a reply
    * lost with the connection): ask again on a fresh connection - unless it
    * merely timed out, which a second request would only repeat. */
-  if (st == MM_ERR_CONNECTION && s->retryable) return release_checked(s, key, token, 1);
+  if (st == MM_ERR_CONNECTION && s->call.retryable) return release_checked(s, key, token, 1);
   return st;
 }
 
-static mm_status extend_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl) {
+static mm_status extend_once(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_bytes token, uint32_t ttl) {
   const char *doing = "extend a lock";
   mm_holder holder;
   for (int attempt = 0; attempt < MM_RELEASE_TRIES; attempt++) {
-    mm_status st = gets(s, c, key, &holder, doing);
+    mm_status st = gets_key(s, c, key, &holder, doing);
     if (st != MM_OK) return st;
     if (!holder_is(&holder, token)) return MM_HELD;
     if ((st = require_cas(s, c, &holder)) != MM_OK) return st;
     st = cas(s, c, key, token, (unsigned long) ttl, holder.version, doing);
     if (st != MM_HELD) return st; /* MM_HELD: changed since we read it: look again */
   }
-  conn_close(c);
+  mmc_conn_close(c);
   snprintf(s->base.error, sizeof s->base.error, "memcached %s: the lock kept changing while being extended",
            c->label);
   return MM_ERR_SERVER;
@@ -988,13 +527,13 @@ static mm_status extend_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm
  * release reads the owner first. */
 static mm_status mc_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_conn *c;
+  mmc_conn *c;
   base->maybe_applied = 0;
   uint32_t wire = ttl + MM_WIRE_MARGIN;
-  double started = now_s();
+  double started = mmc_now();
   mm_status st = begin(s, key, &c, "extend a lock");
   if (st == MM_OK) st = extend_once(s, c, key, token, wire);
-  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "extend a lock")) == MM_OK)
+  if (st == MM_ERR_CONNECTION && s->call.retryable && (st = again(s, key, &c, "extend a lock")) == MM_OK)
     st = extend_once(s, c, key, token, wire);
   if (st == MM_OK) lease_set(lease, 0, 0, started + ttl);
   return st;
@@ -1002,64 +541,61 @@ static mm_status mc_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32
 
 static mm_status mc_read(mm_store *base, mm_bytes key, mm_holder *holder) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_conn *c;
+  mmc_conn *c;
   base->maybe_applied = 0;
   mm_status st = begin(s, key, &c, "read a lock");
-  if (st == MM_OK) st = gets(s, c, key, holder, "read a lock");
-  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "read a lock")) == MM_OK)
-    st = gets(s, c, key, holder, "read a lock");
+  if (st == MM_OK) st = gets_key(s, c, key, holder, "read a lock");
+  if (st == MM_ERR_CONNECTION && s->call.retryable && (st = again(s, key, &c, "read a lock")) == MM_OK)
+    st = gets_key(s, c, key, holder, "read a lock");
   return st;
 }
 
 /* "mg <key> v t": the holder and the seconds left, in one round trip
  * ("VA <bytes> t<secs>" + the value, or "EN"). A server without meta
  * commands answers an error line: then gets, with the lease unknown. */
-static mm_status describe_once(mm_memcached_store *s, mm_conn *c, mm_bytes key, mm_description *out) {
+static mm_status describe_once(mm_memcached_store *s, mmc_conn *c, mm_bytes key, mm_description *out) {
   const char *doing = "describe a lock";
   char req[MM_KEY_MAX + 16];
   int n = snprintf(req, sizeof req, "mg %.*s v t\r\n", (int) key.len, key.ptr);
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   char *line;
   size_t len;
-  if ((st = read_line(s, c, doing, &line, &len)) != MM_OK) return st;
-  if (word_is(line, len, "EN")) return MM_ABSENT;
-  if (word_is(line, len, "ERROR") || starts_with(line, len, "CLIENT_ERROR")) {
+  if ((st = mmc_read_line(&s->call, c, doing, &line, &len)) != MM_OK) return st;
+  if (mmc_word_is(line, len, "EN")) return MM_ABSENT;
+  if (mmc_word_is(line, len, "ERROR") || mmc_starts_with(line, len, "CLIENT_ERROR")) {
     out->lease_left = -2; /* no meta commands (memcached < 1.6) */
-    return gets(s, c, key, &out->holder, doing);
+    return gets_key(s, c, key, &out->holder, doing);
   }
   const char *w[3];
   size_t wl[3];
   uint64_t bytes, secs;
   char ex[200];
-  excerpt(line, len, ex, sizeof ex);
+  mmc_excerpt(line, len, ex, sizeof ex);
   int neg = 0;
-  if (split_words(line, len, w, wl, 3) != 3 || !word_is(w[0], wl[0], "VA") ||
-      !parse_number(w[1], wl[1], MM_VALUE_MAX, &bytes) || wl[2] < 2 || w[2][0] != 't' ||
-      !((neg = (wl[2] == 3 && w[2][1] == '-' && w[2][2] == '1')) || parse_number(w[2] + 1, wl[2] - 1, UINT32_MAX, &secs)))
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" (expected VA <bytes> t<seconds>)", ex);
+  if (mmc_split(line, len, w, wl, 3) != 3 || !mmc_word_is(w[0], wl[0], "VA") ||
+      !mmc_number(w[1], wl[1], MMC_VALUE_MAX, &bytes) || wl[2] < 2 || w[2][0] != 't' ||
+      !((neg = (wl[2] == 3 && w[2][1] == '-' && w[2][2] == '1')) || mmc_number(w[2] + 1, wl[2] - 1, UINT32_MAX, &secs)))
+    return mmc_fail(&s->call, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" (expected VA <bytes> t<seconds>)", ex);
   size_t keep = bytes > MM_TOKEN_MAX ? MM_TOKEN_MAX : (size_t) bytes;
-  if ((st = read_bytes(s, c, doing, (size_t) bytes, out->holder.token, keep)) != MM_OK) return st;
+  if ((st = mmc_read_bytes(&s->call, c, doing, (size_t) bytes, out->holder.token, keep)) != MM_OK) return st;
   out->holder.token[keep] = '\0';
   out->holder.token_len = keep;
-  if ((st = read_line(s, c, doing, &line, &len)) != MM_OK) return st;
-  if (len != 0)
-    return conn_fail(s, c, MM_ERR_SERVER, doing, "malformed reply (the value is longer than the %llu bytes announced)",
-                     (unsigned long long) bytes);
+  if ((st = mmc_read_value_end(&s->call, c, doing, bytes)) != MM_OK) return st;
   out->lease_left = neg ? -1 : (double) secs;
   return MM_OK;
 }
 
 static mm_status mc_describe(mm_store *base, mm_bytes key, mm_description *out) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_conn *c;
+  mmc_conn *c;
   base->maybe_applied = 0;
   memset(out, 0, sizeof *out);
   out->lease_left = -2;
   mm_status st = begin(s, key, &c, "describe a lock");
   snprintf(out->where, sizeof out->where, "%s", c->label);
   if (st == MM_OK) st = describe_once(s, c, key, out);
-  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "describe a lock")) == MM_OK)
+  if (st == MM_ERR_CONNECTION && s->call.retryable && (st = again(s, key, &c, "describe a lock")) == MM_OK)
     st = describe_once(s, c, key, out);
   if (st == MM_ABSENT) {
     out->holder.token_len = 0;
@@ -1070,25 +606,25 @@ static mm_status mc_describe(mm_store *base, mm_bytes key, mm_description *out) 
   return st;
 }
 
-static mm_status force_once(mm_memcached_store *s, mm_conn *c, mm_bytes key) {
+static mm_status force_once(mm_memcached_store *s, mmc_conn *c, mm_bytes key) {
   const char *doing = "remove a lock";
   char req[MM_KEY_MAX + 16];
   int n = snprintf(req, sizeof req, "delete %.*s\r\n", (int) key.len, key.ptr);
   s->base.maybe_applied = 1;
-  mm_status st = send_all(s, c, req, (size_t) n, doing);
+  mm_status st = mmc_send_all(&s->call, c, req, (size_t) n, doing);
   if (st != MM_OK) return st;
   static const char *const accepted[] = {"DELETED", "NOT_FOUND", NULL};
-  int r = read_status(s, c, doing, accepted, &st);
+  int r = mmc_read_status(&s->call, c, doing, accepted, &st);
   return r == 0 ? MM_OK : r == 1 ? MM_ABSENT : st;
 }
 
 static mm_status mc_force_release(mm_store *base, mm_bytes key) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_conn *c;
+  mmc_conn *c;
   base->maybe_applied = 0;
   mm_status st = begin(s, key, &c, "remove a lock");
   if (st == MM_OK) st = force_once(s, c, key);
-  if (st == MM_ERR_CONNECTION && s->retryable && (st = again(s, key, &c, "remove a lock")) == MM_OK) {
+  if (st == MM_ERR_CONNECTION && s->call.retryable && (st = again(s, key, &c, "remove a lock")) == MM_OK) {
     st = force_once(s, c, key);
     if (st == MM_ABSENT) st = MM_OK; /* the first delete may have removed it */
   }
@@ -1097,14 +633,14 @@ static mm_status mc_force_release(mm_store *base, mm_bytes key) {
 
 static mm_status mc_locate(mm_store *base, mm_bytes key, char *host, size_t hostlen, unsigned *port) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  mm_conn *c = conn_for(s, key);
+  mmc_conn *c = conn_for(s, key);
   snprintf(host, hostlen, "%s", c->host);
   *port = c->port;
   return MM_OK;
 }
 
 static void free_conns(mm_memcached_store *s) {
-  for (size_t i = 0; i < s->nconns; i++) free(s->conns[i].host);
+  for (size_t i = 0; i < s->nconns; i++) mmc_conn_free(&s->conns[i]);
   free(s->conns);
   s->conns = NULL;
   s->nconns = 0;
@@ -1113,7 +649,6 @@ static void free_conns(mm_memcached_store *s) {
 /* Closes the sockets without a "quit": the server notices the close. */
 static void mc_destroy(mm_store *base) {
   mm_memcached_store *s = (mm_memcached_store *) base;
-  for (size_t i = 0; i < s->nconns; i++) conn_close(&s->conns[i]);
   free_conns(s);
   memcached_free(s->mc);
   free(s);
@@ -1184,18 +719,11 @@ mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf,
                memcached_strerror(mc, rc));
       goto error;
     }
-    mm_conn *c = &s->conns[s->nconns];
-    c->host = strdup(a->host);
-    if (c->host == NULL) {
+    if (mmc_conn_init(&s->conns[s->nconns], a) != 0) {
       snprintf(errbuf, errlen, "out of memory");
       goto error;
     }
     s->nconns++;
-    c->port = a->port;
-    c->fd = -1;
-    if (a->port == 0) snprintf(c->label, sizeof c->label, "%s", a->host);
-    else if (strchr(a->host, ':') != NULL) snprintf(c->label, sizeof c->label, "[%s]:%u", a->host, a->port);
-    else snprintf(c->label, sizeof c->label, "%s:%u", a->host, a->port);
   }
   /* conns[i] must be the continuum's server i. */
   if (memcached_server_count(mc) != s->nconns) {
@@ -1215,9 +743,10 @@ mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf,
   s->base.cancel_fd = -1;
   s->base.cancelled = NULL;
   s->mc = mc;
-  s->connect_timeout = opts->connect_timeout_ms / 1000.0;
-  s->io_timeout = opts->io_timeout_ms / 1000.0;
-  s->retry_timeout = opts->retry_timeout_s;
+  s->call.store = &s->base;
+  s->call.connect_timeout = opts->connect_timeout_ms / 1000.0;
+  s->call.io_timeout = opts->io_timeout_ms / 1000.0;
+  s->call.retry_timeout = opts->retry_timeout_s;
   return &s->base;
 
 error:
