@@ -14,24 +14,11 @@ RSpec.describe "polling a held lock (the probe)" do
   before { MegaMutex.configure { |c| c.memcache_servers = [server.address] } }
   after { server.stop }
 
-  def new_client
-    MegaMutex::Native::Client.new(MegaMutex.configuration.server_addresses, 1000, 1000, 1)
-  end
+  include NativeClientHelpers
 
-  def counters
-    s = server.stats
-    %w[cmd_get get_hits get_misses cmd_set incr_hits incr_misses].to_h { |k| [k, s.fetch(k).to_i] }
-  end
-
-  def delta(before, after)
-    after.to_h { |k, v| [k, v - before.fetch(k)] }
-  end
-
-  # Takes `key` for `token` at once; returns the state _acquire filled.
-  def take(client, key, token)
-    state = Object.new
-    expect(client._acquire(state, key, token, 10, 0, 0.002, 0.05)).to be(true)
-    state
+  # The server counters these examples compare.
+  def counts
+    counters(*%w[cmd_get get_hits get_misses cmd_set incr_hits incr_misses])
   end
 
   def ivar(state, name)
@@ -43,10 +30,10 @@ RSpec.describe "polling a held lock (the probe)" do
     waiter = new_client
     key = key_for("probe")
     take(holder, key, "tok-holder")
-    before = counters
+    before = counts
     state = Object.new
     expect(waiter._acquire(state, key, "tok-waiter", 10, 0.5, 0.002, 0.05)).to be(false)
-    d = delta(before, counters)
+    d = delta(before, counts)
     attempts = ivar(state, :@attempts)
     expect(attempts).to be >= 5
     expect(ivar(state, :@holder)).to eq("tok-holder")
@@ -65,12 +52,12 @@ RSpec.describe "polling a held lock (the probe)" do
     waiter = new_client
     key = key_for("probe")
     held = take(holder, key, "tok-holder")
-    before = counters
+    before = counts
     state = Object.new
     thread = Thread.new { waiter._acquire(state, key, "tok-waiter", 10, 10, 0.002, 0.01) }
     # Several probes (gets alone) have been made: the lock is then released.
     wait_for(message: "the waiter's probes") do
-      d = delta(before, counters)
+      d = delta(before, counts)
       d.fetch("cmd_get") >= 5 && d.fetch("cmd_set") == 2
     end
     expect(holder._release(key, "tok-holder", ivar(held, :@version))).to be(true)
@@ -89,10 +76,10 @@ RSpec.describe "polling a held lock (the probe)" do
     waiter = new_client
     key = key_for("probe")
     take(holder, key, "tok-holder")
-    before = counters
+    before = counts
     state = Object.new
     thread = Thread.new { waiter._acquire(state, key, "tok-waiter", 10, 1.0, 0.002, 0.01) }
-    wait_for(message: "the waiter's probes") { delta(before, counters).fetch("cmd_get") >= 5 }
+    wait_for(message: "the waiter's probes") { delta(before, counts).fetch("cmd_get") >= 5 }
     # Another process takes over (the item replaced, as a release and a take would).
     expect(server.command("set #{key} 0 10 9\r\ntok-other")).to eq("STORED\r\n")
     expect(thread.value).to be(false)
@@ -110,10 +97,10 @@ RSpec.describe "polling a held lock (the probe)" do
     held = take(holder, key, "tok-holder")
     expect(waiter._acquire(Object.new, key, "tok-waiter", 10, 0.1, 0.002, 0.01)).to be(false)
     expect(holder._release(key, "tok-holder", ivar(held, :@version))).to be(true)
-    before = counters
+    before = counts
     state = take(waiter, key, "tok-waiter")
     expect(ivar(state, :@attempts)).to eq(1)
-    expect(delta(before, counters)).to include("cmd_get" => 1, "cmd_set" => 1, "incr_hits" => 1)
+    expect(delta(before, counts)).to include("cmd_get" => 1, "cmd_set" => 1, "incr_hits" => 1)
     expect(server.get(key)).to eq("tok-waiter")
   ensure
     [holder, waiter].each { |c| c&.close }
@@ -126,8 +113,8 @@ RSpec.describe "polling a held lock (the probe)" do
     take(holder, key, "tok-holder")
     state = Object.new
     thread = Thread.new { waiter._acquire(state, key, "tok-waiter", 10, 10, 0.002, 0.01) }
-    before = counters
-    wait_for(message: "the waiter's probes") { delta(before, counters).fetch("cmd_get") >= 4 }
+    before = counts
+    wait_for(message: "the waiter's probes") { delta(before, counts).fetch("cmd_get") >= 4 }
     # The waiter's own token appears (as an earlier add of its own would leave it).
     expect(server.command("set #{key} 0 10 10\r\ntok-waiter")).to eq("STORED\r\n")
     expect(thread.value).to be(true)

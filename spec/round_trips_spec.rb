@@ -11,17 +11,11 @@ RSpec.describe "round trips" do
   before { MegaMutex.configure { |c| c.memcache_servers = [server.address] } }
   after { server.stop }
 
-  def counters
-    s = server.stats
-    %w[cmd_get cmd_set cas_hits cas_badval cas_misses delete_hits delete_misses get_hits].to_h { |k| [k, s.fetch(k).to_i] }
-  end
+  include NativeClientHelpers
 
-  def delta(before, after)
-    after.to_h { |k, v| [k, v - before.fetch(k)] }
-  end
-
-  def new_client
-    MegaMutex::Native::Client.new(MegaMutex.configuration.server_addresses, 1000, 1000, 1)
+  # The server counters these examples compare.
+  def counts
+    counters(*%w[cmd_get cmd_set cas_hits cas_badval cas_misses delete_hits delete_misses get_hits])
   end
 
   # A stand-in for Lock::Hold: _acquire records @version etc. on it.
@@ -31,9 +25,9 @@ RSpec.describe "round trips" do
 
   it "an uncontended cycle costs the server one get and two stores (add, cas), nothing more" do
     MegaMutex.with_distributed_mutex("warm") { nil } # connection open, renewer started
-    before = counters
+    before = counts
     50.times { MegaMutex.with_distributed_mutex("x") { nil } }
-    d = delta(before, counters)
+    d = delta(before, counts)
     expect(d).to include("cmd_get" => 50, "get_hits" => 50, "cmd_set" => 100, "cas_hits" => 50,
                          "cas_badval" => 0, "delete_hits" => 0, "delete_misses" => 0)
     expect(MegaMutex.get_current_lock("x")).to be_nil
@@ -47,12 +41,12 @@ RSpec.describe "round trips" do
   it "with 4 threads on distinct keys, the block form costs at most 1.05 gets per cycle" do
     cycles = 200
     4.times { |t| MegaMutex.with_distributed_mutex("warm#{t}") { nil } }
-    before = counters
+    before = counts
     threads = Array.new(4) do |t|
       Thread.new { cycles.times { MegaMutex.with_distributed_mutex("t#{t}") { Thread.pass } } }
     end
     threads.each(&:join)
-    d = delta(before, counters)
+    d = delta(before, counts)
     expect(d.fetch("cmd_get").fdiv(4 * cycles)).to be <= 1.05
     expect(d).to include("cas_hits" => 4 * cycles, "cas_badval" => 0)
   end
@@ -63,9 +57,9 @@ RSpec.describe "round trips" do
     key = key_for("x")
     state = new_state
     expect(c1._acquire(state, key, "tok-a", 10, 0, 0.002, 0.05)).to be(true)
-    before = counters
+    before = counts
     expect(c2._release(key, "tok-a", state.instance_variable_get(:@version))).to be(true)
-    expect(delta(before, counters)).to include("cmd_get" => 1, "cas_hits" => 1)
+    expect(delta(before, counts)).to include("cmd_get" => 1, "cas_hits" => 1)
     expect(server.get(key)).to be_nil
   ensure
     [c1, c2].each { |c| c&.close }
@@ -78,11 +72,11 @@ RSpec.describe "round trips" do
     state = new_state
     expect(c1._acquire(state, key, "tok-a", 10, 0, 0.002, 0.05)).to be(true)
     expect(c2._extend(key, "tok-a", 10)).to be(true)
-    before = counters
+    before = counts
     expect(c1._release(key, "tok-a", state.instance_variable_get(:@version))).to be(true)
     # The one-round-trip cas is refused (cas_badval); the owner is read and
     # the lock released with its current CAS.
-    expect(delta(before, counters)).to include("cas_badval" => 1, "cmd_get" => 1, "cas_hits" => 1)
+    expect(delta(before, counts)).to include("cas_badval" => 1, "cmd_get" => 1, "cas_hits" => 1)
     expect(server.get(key)).to be_nil
   ensure
     [c1, c2].each { |c| c&.close }
@@ -112,9 +106,9 @@ RSpec.describe "round trips" do
     key = key_for("x")
     [nil, 12, "short"].each do |version|
       expect(c1._acquire(new_state, key, "tok-a", 10, 0, 0.002, 0.05)).to be(true)
-      before = counters
+      before = counts
       expect(c1._release(key, "tok-a", version)).to be(true)
-      expect(delta(before, counters)).to include("cmd_get" => 1, "cas_hits" => 1)
+      expect(delta(before, counts)).to include("cmd_get" => 1, "cas_hits" => 1)
     end
     expect(server.get(key)).to be_nil
   ensure

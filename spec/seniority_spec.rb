@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-require "socket"
-
 # Waiting by seniority (ext/mega_mutex/lock.c, poll_store): on a lock that
 # keeps changing hands, a waiter that has seen k holders come and go restarts
 # its backoff from 16 x backoff_min / k (never below backoff_min), so
@@ -14,41 +12,7 @@ RSpec.describe "waiting by seniority" do
   before { MegaMutex.configure { |c| c.memcache_servers = [server.address] } }
   after { server.stop }
 
-  # The attempts of one wait of `seconds` on `key` (never taken: the churn
-  # keeps it held all along).
-  def attempts_while_waiting(key, seconds)
-    client = MegaMutex::Native::Client.new(MegaMutex.configuration.server_addresses, 1000, 1000, 1)
-    state = Object.new
-    expect(client._acquire(state, key, "waiter", 10, seconds, 0.002, 0.05)).to be(false)
-    state.instance_variable_get(:@attempts)
-  ensure
-    client&.close
-  end
-
-  # Hands `key` from holder to holder every `every` seconds (a plain set:
-  # never free) while the block runs.
-  def churn(key, every)
-    stop = false
-    first = Queue.new
-    thread = Thread.new do
-      Socket.tcp("127.0.0.1", server.port) do |sock|
-        n = 0
-        until stop
-          n += 1
-          sock.write("set #{key} 0 30 #{"holder-#{n}".bytesize}\r\nholder-#{n}\r\n")
-          sock.gets # STORED
-          first << true if n == 1
-          sleep every
-        end
-      end
-    end
-    wait_for(message: "the first holder") { !first.empty? || !thread.alive? }
-    thread.value unless thread.alive? # raises what stopped it
-    yield
-  ensure
-    stop = true
-    thread&.join
-  end
+  include NativeClientHelpers
 
   it "polls rarely while new to a busy lock and from backoff_min once it has seen many changes" do
     key = key_for("busy")

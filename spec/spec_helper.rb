@@ -7,6 +7,7 @@ require "rbconfig"
 require "open3"
 require_relative "support/memcached_server"
 require_relative "support/helpers"
+require_relative "support/native_client_helpers"
 
 RSpec.configure do |config|
   config.disable_monkey_patching!
