@@ -150,3 +150,135 @@ RSpec.describe "bench/run.rb --smoke" do
   end
 end
 
+
+# The MariaDB part of `rake bench` (bench/mysql.rb) in its smoke mode:
+# MegaMutex :mysql over TCP and the unix socket, with_advisory_lock 5.3 and a
+# hand-written ActiveRecord GET_LOCK on the same private mariadbd, MegaMutex
+# :memcached beside them; every section, tiny sizes. As above: the report and
+# the JSON hold every figure, whatever the figures are.
+RSpec.describe "bench/mysql.rb --smoke" do
+  root = File.expand_path("..", __dir__)
+  mariadb = Servers::MariaDB.available?
+  mysql_rows = ["MegaMutex :mysql, TCP", "MegaMutex :mysql, unix socket", "MegaMutex :memcached, TCP"]
+  peer_rows = ["with_advisory_lock, TCP", "with_advisory_lock, unix socket", "AR GET_LOCK(name, 60), TCP"]
+
+  def self.run_bench(root, out, *args, env: {})
+    log = File.join(out, "run.log")
+    pid = Process.spawn(env, RbConfig.ruby, File.join(root, "bench", "mysql.rb"), "--smoke", "--out", out, *args,
+                        chdir: root, out: log, err: [:child, :out], pgroup: true)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 180 # a hang guard, not a timing check
+    until (status = Process.wait2(pid, Process::WNOHANG)&.last)
+      if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        Process.kill(:KILL, -pid) rescue nil
+        Process.wait(pid) rescue nil
+        raise "bench/mysql.rb --smoke did not finish within 180 s:\n#{File.read(log)}"
+      end
+      sleep 0.05
+    end
+    [status, File.read(log)]
+  end
+
+  before(:context) do
+    @out = Dir.mktmpdir("bench-mysql-smoke")
+    next unless mariadb
+
+    @status, @log = self.class.run_bench(root, @out)
+    @text = File.exist?(File.join(@out, "mysql.txt")) ? File.read(File.join(@out, "mysql.txt")) : ""
+    @json = File.exist?(File.join(@out, "mysql.json")) ? JSON.parse(File.read(File.join(@out, "mysql.json"))) : nil
+  end
+
+  after(:context) do
+    FileUtils.rm_rf(@out) if @out
+  end
+
+  before do |example|
+    next if example.metadata[:without_mariadb]
+
+    skip "mariadbd is not installed (bin/setup installs mariadb-server): the :mysql rows were NOT benchmarked" unless mariadb
+  end
+
+  # The peers are in the Gemfile's bench group; without them the bench says
+  # so in a NOTE and runs the MegaMutex rows alone.
+  def skip_unless_peers
+    note = @json["notes"].grep(/with_advisory_lock .*SKIPPED/).first
+    skip "with_advisory_lock was NOT benchmarked: #{note}" if note
+  end
+
+  it "runs to the end and writes mysql.txt and mysql.json" do
+    expect(@status).to be_success, @log
+    expect(@text).not_to be_empty
+    expect(@json).to be_a(Hash)
+    expect(@log).to include(@text.lines.first.strip) # the report is printed too
+  end
+
+  it "reports the machine, the servers, the peers' versions and the load" do
+    expect(@text).to match(/^machine: \d+ cores, /)
+    expect(@text).to match(/mariadbd \d+\.\d+\.\d+-MariaDB/)
+    expect(@text).to include("memcached 1.", "load average", "waiting: ")
+    expect(@json["machine"].keys).to include("nproc", "cpu", "kernel", "ruby", "mariadb", "memcached", "activerecord",
+                                             "trilogy", "with_advisory_lock", "loadavg_start", "loadavg_end")
+  end
+
+  it "has the uncontended cycle of MegaMutex :mysql over TCP and the unix socket, beside :memcached" do
+    expect(@text).to include("== 1. Uncontended cycle")
+    cycle = @json["cycle"]
+    rows = cycle["contenders"].values
+    expect(rows.map { |r| r["label"] }).to include(*mysql_rows)
+    mysql_rows.each { |label| expect(@text).to include(label) }
+    rows.each do |r|
+      expect(r.keys).to include("median_us", "p99_us", "min_us", "round_medians_us", "requests_per_cycle")
+      expect(r["median_us"]).to be_a(Numeric).and be_positive
+      expect(r["round_medians_us"].size).to eq(cycle["rounds"])
+      expect(r["requests_per_cycle"]).to be_positive # the server's own counter moved
+    end
+  end
+
+  it "has the handoff between 4 processes of every contender, with the turns counted" do
+    expect(@text).to include("== 2. Handoff: 4 processes")
+    handoff = @json["handoff"]
+    expect(handoff["contenders"].keys).to match_array(@json["cycle"]["contenders"].keys)
+    handoff["contenders"].each_value do |r|
+      expect(r["cycles"]).to eq(handoff["workers"] * handoff["cycles_per_worker"])
+      expect(r["turns"]).to be_between(0, r["cycles"] - 1)
+      expect(r.keys).to include("median_us", "p99_us", "max_us")
+    end
+    # MegaMutex :mysql's waiters are queued in the server: the lock passes on
+    expect(handoff["contenders"]["mysql-tcp"]["turns"]).to be_positive
+  end
+
+  it "has the contention section: P processes on one key, shares, waits and server requests per acquisition" do
+    expect(@text).to include("== 3. Contention: 4 processes on ONE key")
+    co = @json["contention"]
+    expect(co["contenders"].keys).to match_array(@json["cycle"]["contenders"].keys)
+    co["contenders"].each_value do |r|
+      expect(r["acquisitions"]).to be_positive
+      expect(r["counts"].size).to eq(co["procs"])
+      expect(r.keys).to include("throughput", "min_share", "max_share", "wait_p50_ms", "wait_p99_ms", "wait_max_ms",
+                                "requests_per_acquisition")
+    end
+  end
+
+  it "benchmarks with_advisory_lock and an ActiveRecord GET_LOCK on the same server, with the ratios" do
+    skip_unless_peers
+    peer_rows.each { |label| expect(@text).to include(label) }
+    %w[cycle handoff contention].each do |section|
+      expect(@json[section]["contenders"].keys).to include("wal-tcp", "wal-socket", "getlock-tcp")
+    end
+    expect(@json["ratios"].map { |x| [x["megamutex"], x["peer"]] }).to eq([%w[mysql-tcp wal-tcp], %w[mysql-socket wal-socket]])
+    @json["ratios"].each do |x|
+      expect(x.keys).to include("cycle_median", "handoff_median", "contention_throughput", "contention_wait_p50",
+                                "contention_wait_p99")
+      expect(x["cycle_median"]).to be_a(Numeric).and be_positive
+    end
+    expect(@text).to match(%r{^   mysql-tcp +/ wal-tcp +cycle [\d.]+, handoff [\d.]+, P=4: throughput [\d.]+})
+  end
+
+  it "without mariadbd says it skipped the :mysql rows and exits 0", :without_mariadb do
+    out = Dir.mktmpdir("bench-mysql-none", @out)
+    status, log = self.class.run_bench(root, out, "--contenders", "mysql-tcp",
+                                       env: { "PATH" => File.dirname(RbConfig.ruby) })
+    expect(status).to be_success, log
+    expect(log).to include("SKIPPED: mariadbd or the mariadb client is not installed")
+    expect(File).not_to exist(File.join(out, "mysql.json"))
+  end
+end
