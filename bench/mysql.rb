@@ -127,12 +127,20 @@ module Bench
           return 0
         end
         FileUtils.mkdir_p(@opts.out)
+        unless MegaMutex::Native::Client::MYSQL
+          @notes << "MegaMutex :mysql SKIPPED: the extension was built without libmariadb " \
+                    "(apt-get install libmariadb-dev, then rm -rf tmp && bundle exec rake compile)"
+          warn "bench/mysql.rb: #{@notes.last}"
+          @opts.contenders -= %w[mysql-tcp mysql-socket]
+        end
         peers = @opts.contenders.reject { |n| n.start_with?("mysql-", "memcached") }
         if !peers.empty? && !MySQLContenders.load_peers
           @notes << "with_advisory_lock and AR GET_LOCK SKIPPED: #{MySQLContenders.missing}"
           warn "bench/mysql.rb: #{@notes.last}"
           @opts.contenders -= peers
         end
+        raise "bench/mysql.rb: nothing left to run (#{@notes.join('; ')})" if @opts.contenders.empty?
+
         @db = Servers::MariaDB.new.start
         @mc = Servers::Memcached.new(args: %w[-M -m 64]).start
         @servers = { tcp: ["127.0.0.1", @db.port], socket: @db.socket_path, mysql_url: @db.url,
