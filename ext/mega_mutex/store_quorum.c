@@ -58,28 +58,20 @@
  */
 #define _GNU_SOURCE /* ppoll */
 #include "store_quorum.h"
+#include "memcached_conn.h"
 
 #include <errno.h>
 #include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
-#include <unistd.h>
 
 #define Q_WIRE_MARGIN 2          /* seconds added to a lease on the wire (memcached's clock) */
 #define Q_MATURE_SLACK 3         /* memcached reports uptime from 2 s before it started, +1 tick */
-#define Q_EXPIRE_NOW 2592001UL   /* an absolute expiry in 1970: a cas with it deletes */
-#define Q_LINE_MAX 1024
 #define Q_VALUE_MAX 1024         /* longest value accepted in a reply (tokens are <= 200) */
-#define Q_RBUF 4096
 #define Q_WBUF 2048
 #define Q_MAX_EXPECT 8
 #define Q_INTERRUPT_GRACE 0.02
@@ -92,16 +84,8 @@ enum { EX_STATS, EX_SETTINGS, EX_GETS, EX_STATUS };
 enum { SR_IDLE, SR_ACTIVE, SR_DONE, SR_FAILED };
 
 typedef struct {
-  char *host;
-  unsigned port;
-  char label[300];
-  int fd;
-  uint64_t generation; /* of the open connection (unique in the process); 0 when closed */
+  mmc_conn conn;
   int connecting;
-  double retry_at;
-  char connect_error[400]; /* why the last connect failed */
-  char rbuf[Q_RBUF];
-  size_t rpos, rlen;
   char wbuf[Q_WBUF];
   size_t wlen, wpos;
   /* who it is */
@@ -136,10 +120,6 @@ typedef struct {
   double answered_at;
 } q_server;
 
-/* Connections and takes get numbers unique in the process: a number read
- * back from a lease record names one connection, one take, nowhere else. */
-static uint64_t generation_counter;
-
 /* The last take of a store: the CAS of its item on each server won, read on
  * the connection still open if its generation is unchanged - then a
  * release is one round trip (a cas that expires the item only if nobody
@@ -165,18 +145,6 @@ typedef struct {
   mm_bytes key;
 } q_store;
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
-static uint64_t wall_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
 static int is_cancelled(const q_store *q) {
   return q->base.cancelled != NULL && __atomic_load_n(q->base.cancelled, __ATOMIC_SEQ_CST);
 }
@@ -192,12 +160,9 @@ static int mature(const q_store *q, const q_server *s, double now) {
 /* ---- connections ----------------------------------------------------------- */
 
 static void srv_close(q_server *s) {
-  if (s->fd >= 0) close(s->fd);
-  s->fd = -1;
-  s->generation = 0;
+  mmc_conn_close(&s->conn);
   s->connecting = 0;
   s->probed = 0;
-  s->rpos = s->rlen = 0;
 }
 
 static void srv_fail(q_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -210,73 +175,37 @@ static void srv_fail(q_server *s, const char *fmt, ...) {
   s->state = SR_FAILED;
 }
 
-static void excerpt(const char *p, size_t n, char *out, size_t outlen) {
-  size_t j = 0;
-  for (size_t i = 0; i < n && j + 5 < outlen; i++) {
-    unsigned char ch = (unsigned char) p[i];
-    if (ch == '\r' || ch == '\n') break;
-    if (ch >= 0x20 && ch < 0x7f) out[j++] = (char) ch;
-    else j += (size_t) snprintf(out + j, outlen - j, "\\x%02x", ch);
-  }
-  out[j] = '\0';
-}
-
-/* Starts a non-blocking connect. 0, or -1 with the server failed. */
-static int srv_connect(q_store *q, q_server *s, double now) {
-  if (now < s->retry_at) {
-    srv_fail(s, "%s (not retried for another %.2f s)", s->connect_error, s->retry_at - now);
+/* Starts a non-blocking connect (to the server's first address). 0, or -1
+ * with the server failed. */
+static int srv_connect(q_server *s, double now) {
+  mmc_conn *c = &s->conn;
+  if (now < c->retry_at) {
+    srv_fail(s, "%s (not retried for another %.2f s)", c->connect_error, c->retry_at - now);
     return -1;
   }
-  int fd = -1, err = 0;
-  if (s->port == 0) {
-    struct sockaddr_un sun;
-    memset(&sun, 0, sizeof sun);
-    sun.sun_family = AF_UNIX;
-    if (strlen(s->host) >= sizeof sun.sun_path) {
-      srv_fail(s, "socket path too long");
-      return -1;
+  mmc_addresses addrs;
+  char why[MMC_WHY_MAX];
+  int rc = mmc_addresses_get(c, &addrs, why, sizeof why);
+  if (rc != 0) {
+    srv_fail(s, "%s", why);
+    if (rc == MMC_ADDR_RESOLVE) {
+      c->retry_at = now + Q_RETRY_TIMEOUT;
+      memcpy(c->connect_error, s->error, sizeof c->connect_error);
     }
-    memcpy(sun.sun_path, s->host, strlen(s->host) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) err = errno;
-    else if (connect(fd, (struct sockaddr *) &sun, sizeof sun) != 0 && errno != EINPROGRESS) err = errno;
-  } else {
-    struct addrinfo hints, *list = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    char port[16];
-    snprintf(port, sizeof port, "%u", s->port);
-    int gai = getaddrinfo(s->host, port, &hints, &list);
-    if (gai != 0) {
-      srv_fail(s, "could not resolve host: %s", gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
-      s->retry_at = now + Q_RETRY_TIMEOUT;
-      memcpy(s->connect_error, s->error, sizeof s->connect_error);
-      return -1;
-    }
-    fd = socket(list->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) err = errno;
-    else if (connect(fd, list->ai_addr, list->ai_addrlen) != 0 && errno != EINPROGRESS) err = errno;
-    if (fd >= 0 && err == 0) {
-      int one = 1;
-      if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) err = errno;
-    }
-    freeaddrinfo(list);
+    return -1;
   }
+  int fd, in_progress;
+  int err = mmc_connect_start(addrs.first, &fd, &in_progress);
+  mmc_addresses_free(&addrs);
   if (err != 0) {
-    if (fd >= 0) close(fd);
     srv_fail(s, "could not connect: %s", strerror(err));
-    if (err != EMFILE && err != ENFILE) s->retry_at = now + Q_RETRY_TIMEOUT;
-    memcpy(s->connect_error, s->error, sizeof s->connect_error);
+    if (err != EMFILE && err != ENFILE) c->retry_at = now + Q_RETRY_TIMEOUT;
+    memcpy(c->connect_error, s->error, sizeof c->connect_error);
     return -1;
   }
-  s->fd = fd;
-  s->generation = __atomic_add_fetch(&generation_counter, 1, __ATOMIC_RELAXED);
-  s->connecting = 1;
+  mmc_conn_opened(c, fd);
+  s->connecting = 1; /* connected or not: the first poll for writing tells */
   s->probed = 0;
-  s->rpos = s->rlen = 0;
-  (void) q;
   return 0;
 }
 
@@ -314,7 +243,7 @@ static uint64_t srv_uptime_now(const q_server *s, double now) {
  * `same_connection`: a second step that uses a CAS read by the first, on
  * the connection it was read on (a CAS from another server process could
  * match a stranger's item): without it, the server is out of this request. */
-static int srv_begin(q_store *q, q_server *s, double now, int same_connection) {
+static int srv_begin(q_server *s, double now, int same_connection) {
   s->state = SR_ACTIVE;
   s->wlen = s->wpos = 0;
   s->nexpect = s->cur = 0;
@@ -326,19 +255,19 @@ static int srv_begin(q_store *q, q_server *s, double now, int same_connection) {
   s->fence_bad = 0;
   s->nstatus = 0;
   s->answered_at = 0;
-  if (s->fd >= 0 && s->rpos != s->rlen) srv_close(s); /* bytes nobody asked for */
-  if (s->fd >= 0 && !s->connecting && !same_connection) {
+  if (s->conn.fd >= 0 && mmc_conn_stray(&s->conn)) srv_close(s); /* bytes nobody asked for */
+  if (s->conn.fd >= 0 && !s->connecting && !same_connection) {
     /* An idle connection with something to read has been closed by its
      * server (restarted, idle timeout) or sent what nobody asked: a new one,
      * rather than a failed request. */
-    struct pollfd p = {s->fd, POLLIN, 0};
+    struct pollfd p = {s->conn.fd, POLLIN, 0};
     if (poll(&p, 1, 0) != 0) srv_close(s);
   }
-  if (s->fd < 0 && same_connection) {
+  if (s->conn.fd < 0 && same_connection) {
     srv_fail(s, "the connection was lost between two steps of the request");
     return 0;
   }
-  if (s->fd < 0 && srv_connect(q, s, now) != 0) return 0;
+  if (s->conn.fd < 0 && srv_connect(s, now) != 0) return 0;
   s->error[0] = '\0';
   if (!s->probed) {
     srv_write(s, "stats\r\nstats settings\r\n");
@@ -354,50 +283,11 @@ static int srv_begin(q_store *q, q_server *s, double now, int same_connection) {
 
 /* ---- parsing replies ------------------------------------------------------- */
 
-static int parse_number(const char *p, size_t n, uint64_t max, uint64_t *out) {
-  if (n == 0 || n > 20) return 0;
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (p[i] < '0' || p[i] > '9') return 0;
-    uint64_t d = (uint64_t) (p[i] - '0');
-    if (v > (UINT64_MAX - d) / 10) return 0;
-    v = v * 10 + d;
-  }
-  if (v > max) return 0;
-  *out = v;
-  return 1;
-}
-
-static size_t split_words(const char *line, size_t len, const char **words, size_t *lens, size_t max) {
-  size_t n = 0, i = 0;
-  while (i < len && n < max + 1) {
-    size_t j = i;
-    while (j < len && line[j] != ' ') j++;
-    if (n < max) {
-      words[n] = line + i;
-      lens[n] = j - i;
-    }
-    n++;
-    i = j + 1;
-  }
-  return n;
-}
-
-static int word_is(const char *w, size_t n, const char *lit) { return strlen(lit) == n && memcmp(w, lit, n) == 0; }
-
-static int starts_with(const char *line, size_t len, const char *lit) {
-  size_t n = strlen(lit);
-  return len >= n && memcmp(line, lit, n) == 0;
-}
-
-static int bytes_is(const char *w, size_t n, const char *p, size_t plen) { return n == plen && memcmp(w, p, n) == 0; }
-
+/* A line that is not the reply expected: the server fails this request. */
 static void unexpected(q_server *s, const char *line, size_t len) {
-  char ex[200];
-  excerpt(line, len, ex, sizeof ex);
-  if (starts_with(line, len, "SERVER_ERROR") || starts_with(line, len, "CLIENT_ERROR")) srv_fail(s, "%s", ex);
-  else if (word_is(line, len, "ERROR")) srv_fail(s, "ERROR (the server does not know the command: is it a memcached?)");
-  else srv_fail(s, "unexpected reply \"%s\"", ex);
+  char why[MMC_WHY_MAX];
+  mmc_unexpected(line, len, why, sizeof why);
+  srv_fail(s, "%s", why);
 }
 
 /* The server's process changed, or it forgot its items: it does not count
@@ -407,16 +297,16 @@ static void srv_young_from(q_store *q, q_server *s, double now, double age) {
   if (until > s->young_until) s->young_until = until;
 }
 
-static void on_stat(q_store *q, q_server *s, int settings, const char *name, size_t nlen, const char *val, size_t vlen) {
-  (void) q;
+static void on_stat(q_server *s, int settings, mm_bytes name, mm_bytes val) {
   uint64_t v;
   if (settings) {
-    if (word_is(name, nlen, "evictions")) s->evicts = word_is(val, vlen, "on");
+    if (mmc_word_is(name.ptr, name.len, "evictions")) s->evicts = mmc_word_is(val.ptr, val.len, "on");
     return;
   }
-  if (word_is(name, nlen, "pid") && parse_number(val, vlen, UINT32_MAX, &v)) s->pid = v;
-  else if (word_is(name, nlen, "uptime") && parse_number(val, vlen, UINT32_MAX, &v)) s->uptime = v;
-  else if (word_is(name, nlen, "time") && parse_number(val, vlen, UINT32_MAX * 2ULL, &v)) s->started = (int64_t) v;
+  if (mmc_word_is(name.ptr, name.len, "pid") && mmc_number(val.ptr, val.len, UINT32_MAX, &v)) s->pid = v;
+  else if (mmc_word_is(name.ptr, name.len, "uptime") && mmc_number(val.ptr, val.len, UINT32_MAX, &v)) s->uptime = v;
+  else if (mmc_word_is(name.ptr, name.len, "time") && mmc_number(val.ptr, val.len, UINT32_MAX * 2ULL, &v))
+    s->started = (int64_t) v;
 }
 
 /* After "stats": the process's identity and age. */
@@ -432,49 +322,45 @@ static void on_stats_end(q_store *q, q_server *s, double now) {
 static int on_line(q_store *q, q_server *s, const char *line, size_t len, double now) {
   int kind = s->expect[s->cur];
   if (kind == EX_STATS || kind == EX_SETTINGS) {
-    if (word_is(line, len, "END")) {
+    if (mmc_word_is(line, len, "END")) {
       if (kind == EX_STATS) on_stats_end(q, s, now);
       return 1;
     }
-    const char *w[3];
-    size_t wl[3];
-    if (!starts_with(line, len, "STAT ") || split_words(line, len, w, wl, 3) != 3) {
+    mm_bytes name, val;
+    if (!mmc_stat_line(line, len, &name, &val)) {
       unexpected(s, line, len);
       return 0;
     }
-    on_stat(q, s, kind == EX_SETTINGS, w[1], wl[1], w[2], wl[2]);
+    on_stat(s, kind == EX_SETTINGS, name, val);
     return 0;
   }
   if (kind == EX_STATUS) {
-    const char *const *acc = s->accepted[s->cur];
-    for (int i = 0; acc[i] != NULL; i++)
-      if (word_is(line, len, acc[i])) {
-        s->status[s->nstatus++] = i;
-        return 1;
-      }
-    unexpected(s, line, len);
-    return 0;
+    int i = mmc_status(line, len, s->accepted[s->cur]);
+    if (i < 0) {
+      unexpected(s, line, len);
+      return 0;
+    }
+    s->status[s->nstatus++] = i;
+    return 1;
   }
   /* EX_GETS */
-  if (word_is(line, len, "END")) return 1;
-  if (!starts_with(line, len, "VALUE ")) {
+  if (mmc_word_is(line, len, "END")) return 1;
+  if (!mmc_starts_with(line, len, "VALUE ")) {
     unexpected(s, line, len);
     return 0;
   }
-  const char *w[5];
-  size_t wl[5];
-  uint64_t flags, bytes, cas;
+  mm_bytes key;
+  uint64_t bytes, cas;
   char ex[200];
-  excerpt(line, len, ex, sizeof ex);
-  if (split_words(line, len, w, wl, 5) != 5 || !parse_number(w[2], wl[2], UINT32_MAX, &flags) ||
-      !parse_number(w[3], wl[3], Q_VALUE_MAX, &bytes) || !parse_number(w[4], wl[4], UINT64_MAX, &cas)) {
+  mmc_excerpt(line, len, ex, sizeof ex);
+  if (!mmc_value_header(line, len, Q_VALUE_MAX, &key, &bytes, &cas)) {
     srv_fail(s, "malformed reply \"%s\" (expected VALUE <key> <flags> <bytes> <cas>, at most %d bytes)", ex, Q_VALUE_MAX);
     return 0;
   }
   int which;
-  if (bytes_is(w[1], wl[1], q->key.ptr, q->key.len) && !s->got_lock) which = 0;
-  else if (bytes_is(w[1], wl[1], q->fence_key, q->fence_len) && !s->got_fence) which = 1;
-  else if (word_is(w[1], wl[1], Q_SENTINEL) && !s->got_sentinel) which = 2;
+  if (mmc_bytes_is(key.ptr, key.len, q->key) && !s->got_lock) which = 0;
+  else if (mmc_bytes_is(key.ptr, key.len, (mm_bytes){q->fence_key, q->fence_len}) && !s->got_fence) which = 1;
+  else if (mmc_word_is(key.ptr, key.len, Q_SENTINEL) && !s->got_sentinel) which = 2;
   else {
     srv_fail(s, "unexpected reply \"%s\" (a key not asked for, or twice)", ex);
     return 0;
@@ -505,11 +391,11 @@ static void on_value(q_server *s, const char *p, size_t n) {
   } else if (s->value_which == 1) {
     s->got_fence = 1;
     s->fence_cas = s->value_cas;
-    if (!parse_number(p, n, UINT64_MAX / 2, &s->fence)) s->fence_bad = 1;
+    if (!mmc_number(p, n, UINT64_MAX / 2, &s->fence)) s->fence_bad = 1;
   } else {
     s->got_sentinel = 1;
     s->read_sentinel_cas = s->value_cas;
-    if (!parse_number(p, n, UINT64_MAX, &s->sentinel_uptime)) s->sentinel_uptime = 0;
+    if (!mmc_number(p, n, UINT64_MAX, &s->sentinel_uptime)) s->sentinel_uptime = 0;
   }
 }
 
@@ -540,9 +426,9 @@ static void check_sentinel(q_store *q, q_server *s, double now) {
 static void srv_consume(q_store *q, q_server *s, double now) {
   while (s->state == SR_ACTIVE) {
     if (s->cur >= s->nexpect) {
-      if (s->rpos != s->rlen) {
+      if (mmc_conn_stray(&s->conn)) {
         char ex[100];
-        excerpt(s->rbuf + s->rpos, s->rlen - s->rpos, ex, sizeof ex);
+        mmc_excerpt(s->conn.rbuf + s->conn.rpos, s->conn.rlen - s->conn.rpos, ex, sizeof ex);
         srv_fail(s, "unexpected reply \"%s\" (sent before it was asked for)", ex);
         return;
       }
@@ -550,32 +436,25 @@ static void srv_consume(q_store *q, q_server *s, double now) {
       s->answered_at = now;
       return;
     }
-    char *start = s->rbuf + s->rpos;
-    size_t avail = s->rlen - s->rpos;
+    mmc_conn *c = &s->conn;
     if (s->value_left > 0) {
       size_t n = s->value_left - 1;
-      if (avail < n + 2) return;
-      on_value(s, start, n);
+      if (c->rlen - c->rpos < n + 2) return;
+      on_value(s, c->rbuf + c->rpos, n);
       if (s->state != SR_ACTIVE) return;
-      s->rpos += n + 2;
+      c->rpos += n + 2;
       s->value_left = 0;
       continue;
     }
-    char *nl = memchr(start, '\n', avail);
-    if (nl == NULL) {
-      if (avail >= Q_LINE_MAX) srv_fail(s, "malformed reply (a line longer than %d bytes)", Q_LINE_MAX);
+    char *line, why[MMC_WHY_MAX];
+    size_t len;
+    mmc_line_status ls = mmc_next_line(c, &line, &len, why, sizeof why);
+    if (ls == MMC_MORE) return;
+    if (ls == MMC_BAD) {
+      srv_fail(s, "%s", why);
       return;
     }
-    size_t n = (size_t) (nl - start);
-    if (n == 0 || start[n - 1] != '\r') {
-      char ex[100];
-      excerpt(start, n, ex, sizeof ex);
-      srv_fail(s, "malformed reply (a line not ended by CRLF): \"%s\"", ex);
-      return;
-    }
-    start[n - 1] = '\0';
-    s->rpos += n + 1;
-    if (on_line(q, s, start, n - 1, now)) s->cur++;
+    if (on_line(q, s, line, len, now)) s->cur++;
   }
 }
 
@@ -584,27 +463,27 @@ static void srv_consume(q_store *q, q_server *s, double now) {
 /* Runs the request every SR_ACTIVE server has in its buffer. Returns
  * MM_OK (each server is SR_DONE or SR_FAILED), or MM_INTERRUPTED. */
 static mm_status run(q_store *q, int quorum_early) {
-  double start = now_s();
+  double start = mmc_now();
   double deadline = start + q->io_timeout + q->connect_timeout;
   double grace_until = 0, straggle_until = 0, straggle_from = 0;
   struct pollfd pfd[MM_QUORUM_MAX_SERVERS + 1];
   size_t idx[MM_QUORUM_MAX_SERVERS + 1];
   for (;;) {
-    double now = now_s();
+    double now = mmc_now();
     size_t done = 0, active = 0;
     for (size_t i = 0; i < q->n; i++) {
       q_server *s = &q->servers[i];
       if (s->state == SR_ACTIVE) {
         if (s->connecting && now > start + q->connect_timeout) {
           srv_fail(s, "could not connect: timed out after %.3g s (connect_timeout)", q->connect_timeout);
-          s->retry_at = now + Q_RETRY_TIMEOUT;
-          memcpy(s->connect_error, s->error, sizeof s->connect_error);
+          s->conn.retry_at = now + Q_RETRY_TIMEOUT;
+          memcpy(s->conn.connect_error, s->error, sizeof s->conn.connect_error);
         } else if (!s->connecting && now > deadline) {
           srv_fail(s, "timed out after %.3g s (io_timeout)", q->io_timeout);
         } else if (straggle_until != 0 && now > straggle_until) {
           srv_fail(s, "too slow: dropped %.0f ms after a majority had answered", (now - straggle_from) * 1000);
-          s->retry_at = now + Q_STRAGGLER_SKIP;
-          memcpy(s->connect_error, s->error, sizeof s->connect_error);
+          s->conn.retry_at = now + Q_STRAGGLER_SKIP;
+          memcpy(s->conn.connect_error, s->error, sizeof s->conn.connect_error);
         }
       }
       if (s->state == SR_ACTIVE) active++;
@@ -639,7 +518,7 @@ static mm_status run(q_store *q, int quorum_early) {
     for (size_t i = 0; i < q->n; i++) {
       q_server *s = &q->servers[i];
       if (s->state != SR_ACTIVE) continue;
-      pfd[n].fd = s->fd;
+      pfd[n].fd = s->conn.fd;
       pfd[n].events = (short) ((s->connecting || s->wpos < s->wlen) ? POLLOUT : POLLIN);
       pfd[n].revents = 0;
       idx[n++] = i;
@@ -666,46 +545,36 @@ static mm_status run(q_store *q, int quorum_early) {
       return MM_OK;
     }
     if (r <= 0) continue;
-    now = now_s();
+    now = mmc_now();
     for (nfds_t j = 0; j < n; j++) {
       if (idx[j] == SIZE_MAX || pfd[j].revents == 0) continue;
       q_server *s = &q->servers[idx[j]];
       if (s->connecting) {
-        int err = 0;
-        socklen_t elen = sizeof err;
-        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) err = errno;
+        int err = mmc_connect_result(s->conn.fd);
         if (err != 0) {
           srv_fail(s, "could not connect: %s", strerror(err));
-          s->retry_at = now + Q_RETRY_TIMEOUT;
-          memcpy(s->connect_error, s->error, sizeof s->connect_error);
+          s->conn.retry_at = now + Q_RETRY_TIMEOUT;
+          memcpy(s->conn.connect_error, s->error, sizeof s->conn.connect_error);
           continue;
         }
         s->connecting = 0;
-        s->retry_at = 0;
+        s->conn.retry_at = 0;
       }
       if (s->wpos < s->wlen) {
-        ssize_t w = send(s->fd, s->wbuf + s->wpos, s->wlen - s->wpos, MSG_NOSIGNAL);
+        ssize_t w = mmc_send(&s->conn, s->wbuf + s->wpos, s->wlen - s->wpos);
         if (w > 0) s->wpos += (size_t) w;
-        else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-          srv_fail(s, "%s", strerror(errno));
-        }
+        else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) srv_fail(s, "%s", strerror(errno));
         continue;
       }
-      if (s->rpos > 0) {
-        memmove(s->rbuf, s->rbuf + s->rpos, s->rlen - s->rpos);
-        s->rlen -= s->rpos;
-        s->rpos = 0;
-      }
-      ssize_t got = recv(s->fd, s->rbuf + s->rlen, sizeof s->rbuf - s->rlen, 0);
+      ssize_t got = mmc_recv(&s->conn);
       if (got == 0) {
         srv_fail(s, "the server closed the connection");
         continue;
       }
       if (got < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) srv_fail(s, "%s", strerror(errno));
+        if (errno != EAGAIN && errno != EWOULDBLOCK) srv_fail(s, "%s", strerror(errno));
         continue;
       }
-      s->rlen += (size_t) got;
       srv_consume(q, s, now);
     }
   }
@@ -713,23 +582,9 @@ static mm_status run(q_store *q, int quorum_early) {
 
 /* ---- the keys ---------------------------------------------------------------- */
 
-static uint64_t fnv64(const char *p, size_t n) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++) {
-    h ^= (unsigned char) p[i];
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
-
 static void set_key(q_store *q, mm_bytes key) {
   q->key = key;
-  if (key.len <= MM_KEY_MAX - 2) {
-    q->fence_len = (size_t) snprintf(q->fence_key, sizeof q->fence_key, "~f%.*s", (int) key.len, key.ptr);
-  } else {
-    q->fence_len = (size_t) snprintf(q->fence_key, sizeof q->fence_key, "~f%.*s%016llx", MM_KEY_MAX - 18, key.ptr,
-                                     (unsigned long long) fnv64(key.ptr, key.len));
-  }
+  q->fence_len = mmc_fence_key(key, q->fence_key, sizeof q->fence_key);
 }
 
 /* ---- counting --------------------------------------------------------------- */
@@ -753,11 +608,11 @@ static mm_status no_majority(q_store *q, const char *doing, double now) {
   for (size_t i = 0; i < q->n && len < sizeof q->base.error; i++) {
     q_server *s = &q->servers[i];
     if (s->state == SR_FAILED)
-      len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len, "; %s: %s", s->label, s->error);
+      len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len, "; %s: %s", s->conn.label, s->error);
     else if (s->state == SR_DONE && !mature(q, s, now))
       len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len,
                                "; %s restarted or forgot its items recently: counts in %.0f s (quorum_max_ttl)",
-                               s->label, s->young_until - now);
+                               s->conn.label, s->young_until - now);
   }
   return MM_ERR_CONNECTION;
 }
@@ -777,11 +632,11 @@ static double drift(uint32_t ttl) { return ttl * 0.01 + 0.002; }
 
 /* Reads K (and the fence, with `fence`) and the sentinel on every server. */
 static mm_status read_all(q_store *q, mm_bytes key, int fence, const char *add_token, uint32_t add_wire) {
-  double now = now_s();
+  double now = mmc_now();
   set_key(q, key);
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    if (!srv_begin(q, s, now, 0)) continue;
+    if (!srv_begin(s, now, 0)) continue;
     if (add_token != NULL) {
       srv_write(s, "add %.*s 0 %u %zu noreply\r\n%s\r\n", (int) key.len, key.ptr, (unsigned) add_wire, strlen(add_token),
                 add_token);
@@ -792,7 +647,7 @@ static mm_status read_all(q_store *q, mm_bytes key, int fence, const char *add_t
     srv_expect(s, EX_GETS, NULL);
   }
   mm_status st = run(q, 1);
-  after_gets(q, now_s());
+  after_gets(q, mmc_now());
   return st;
 }
 
@@ -801,17 +656,17 @@ static const char *const STORE_REPLIES[] = {"STORED", "EXISTS", "NOT_FOUND", "NO
 /* Expires K now where it is ours (cas on the CAS just read, same
  * connection). `which[i]`: 1 for the servers to do it on. */
 static mm_status delete_ours(q_store *q, mm_bytes key, mm_bytes token, const int *which) {
-  double now = now_s();
+  double now = mmc_now();
   int any = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    if (!which[i] || s->fd < 0 || s->state != SR_DONE) {
+    if (!which[i] || s->conn.fd < 0 || s->state != SR_DONE) {
       s->state = SR_IDLE;
       continue;
     }
     uint64_t cas = s->lock_cas;
-    if (!srv_begin(q, s, now, 1)) continue;
-    srv_write(s, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, Q_EXPIRE_NOW, token.len,
+    if (!srv_begin(s, now, 1)) continue;
+    srv_write(s, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, MMC_EXPIRE_NOW, token.len,
               (unsigned long long) cas, (int) token.len, token.ptr);
     s->wrote_store = 1;
     s->lock_cas = cas;
@@ -864,7 +719,7 @@ static void fill_holder(q_store *q, mm_bytes token, mm_holder *holder) {
   if (best_i == SIZE_MAX) return;
   memcpy(holder->token, q->servers[best_i].token, q->servers[best_i].token_len);
   holder->token_len = q->servers[best_i].token_len;
-  holder->version = fnv64(holder->token, holder->token_len) ^ q->servers[best_i].lock_cas;
+  holder->version = mmc_fnv64(holder->token, holder->token_len) ^ q->servers[best_i].lock_cas;
 }
 
 static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease,
@@ -872,7 +727,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   q_store *q = (q_store *) base;
   base->maybe_applied = 0;
   memset(holder, 0, sizeof *holder);
-  double started = now_s();
+  double started = mmc_now();
   double valid_until = started + ttl - drift(ttl);
   char tok[MM_TOKEN_MAX + 1];
   memcpy(tok, token.ptr, token.len);
@@ -880,7 +735,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
 
   mm_status st = read_all(q, key, 1, tok, ttl + Q_WIRE_MARGIN);
   if (st == MM_INTERRUPTED) return st;
-  double now = now_s();
+  double now = mmc_now();
   size_t wins = 0, answered = count_mature_done(q, now);
   uint64_t fence = 0;
   for (size_t i = 0; i < q->n; i++) {
@@ -904,7 +759,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   }
 
   /* Won: the fence. */
-  uint64_t t = wall_us();
+  uint64_t t = mmc_wall_us();
   if (fence > t) t = fence;
   t += 1;
   int won[MM_QUORUM_MAX_SERVERS];
@@ -922,7 +777,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
       s->state = SR_IDLE;
       continue;
     }
-    if (!srv_begin(q, s, now, 1)) continue;
+    if (!srv_begin(s, now, 1)) continue;
     if (had_fence) srv_write(s, "cas %s 0 0 %d %llu\r\n%s\r\n", q->fence_key, tl, (unsigned long long) fence_cas, tv);
     else srv_write(s, "add %s 0 0 %d\r\n%s\r\n", q->fence_key, tl, tv);
     s->wrote_store = 1;
@@ -934,7 +789,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
     s->token_len = saved_len;
   }
   st = run(q, 1);
-  now = now_s();
+  now = mmc_now();
   size_t acks = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
@@ -958,12 +813,12 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   memset(lease, 0, sizeof *lease);
   lease->valid_until = valid_until;
   lease->fencing_token = t;
-  q->last.id = __atomic_add_fetch(&generation_counter, 1, __ATOMIC_RELAXED);
+  q->last.id = mmc_next_generation();
   memcpy(q->last.key, key.ptr, key.len);
   q->last.key_len = key.len;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    q->last.generation[i] = won[i] && s->state == SR_DONE ? s->generation : 0;
+    q->last.generation[i] = won[i] && s->state == SR_DONE ? s->conn.generation : 0;
     q->last.cas[i] = s->lock_cas;
   }
   memcpy(lease->state, &q->last.id, sizeof q->last.id);
@@ -975,14 +830,14 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
  * was read on (see q_last_take). Marks released[i] where the item was
  * ours, unchanged, and is now gone. */
 static mm_status release_short(q_store *q, mm_bytes key, mm_bytes token, int *released, int *uncertain) {
-  double now = now_s();
+  double now = mmc_now();
   int any = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     s->state = SR_IDLE;
-    if (q->last.generation[i] == 0 || s->generation != q->last.generation[i] || s->fd < 0 || s->connecting) continue;
-    if (!srv_begin(q, s, now, 1)) continue;
-    srv_write(s, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, Q_EXPIRE_NOW, token.len,
+    if (q->last.generation[i] == 0 || s->conn.generation != q->last.generation[i] || s->conn.fd < 0 || s->connecting) continue;
+    if (!srv_begin(s, now, 1)) continue;
+    srv_write(s, "cas %.*s 0 %lu %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, MMC_EXPIRE_NOW, token.len,
               (unsigned long long) q->last.cas[i], (int) token.len, token.ptr);
     s->wrote_store = 1;
     srv_expect(s, EX_STATUS, STORE_REPLIES);
@@ -992,7 +847,7 @@ static mm_status release_short(q_store *q, mm_bytes key, mm_bytes token, int *re
   if (!any) return MM_OK;
   q->base.maybe_applied = 1;
   mm_status st = run(q, 0);
-  now = now_s();
+  now = mmc_now();
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     released[i] = s->state == SR_DONE && s->nstatus == 1 && s->status[0] == 0 && mature(q, s, now);
@@ -1019,7 +874,7 @@ static mm_status q_release(mm_store *base, mm_bytes key, mm_bytes token, const m
   }
   mm_status st = read_all(q, key, 0, NULL, 0);
   if (st == MM_INTERRUPTED) return st;
-  double now = now_s();
+  double now = mmc_now();
   if (count_mature_done(q, now) < q->majority) return no_majority(q, "release a lock", now);
   int which[MM_QUORUM_MAX_SERVERS];
   size_t ours = done_short, others = 0;
@@ -1042,11 +897,11 @@ static mm_status q_release(mm_store *base, mm_bytes key, mm_bytes token, const m
 static mm_status q_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease) {
   q_store *q = (q_store *) base;
   base->maybe_applied = 0;
-  double started = now_s();
+  double started = mmc_now();
   double valid_until = started + ttl - drift(ttl);
   mm_status st = read_all(q, key, 0, NULL, 0);
   if (st == MM_INTERRUPTED) return st;
-  double now = now_s();
+  double now = mmc_now();
   if (count_mature_done(q, now) < q->majority) return no_majority(q, "extend a lock", now);
   size_t ours = 0, others = 0;
   for (size_t i = 0; i < q->n; i++) {
@@ -1068,7 +923,7 @@ static mm_status q_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_
       s->state = SR_IDLE;
       continue;
     }
-    if (!srv_begin(q, s, now, 1)) continue;
+    if (!srv_begin(s, now, 1)) continue;
     if (mine)
       srv_write(s, "cas %.*s 0 %u %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) (ttl + Q_WIRE_MARGIN),
                 token.len, (unsigned long long) cas, (int) token.len, token.ptr);
@@ -1080,7 +935,7 @@ static mm_status q_refresh(mm_store *base, mm_bytes key, mm_bytes token, uint32_
   }
   st = run(q, 1);
   if (st == MM_INTERRUPTED) return st;
-  now = now_s();
+  now = mmc_now();
   size_t kept = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
@@ -1101,7 +956,7 @@ static mm_status q_read(mm_store *base, mm_bytes key, mm_holder *holder) {
   base->maybe_applied = 0;
   mm_status st = read_all(q, key, 0, NULL, 0);
   if (st == MM_INTERRUPTED) return st;
-  double now = now_s();
+  double now = mmc_now();
   if (count_mature_done(q, now) < q->majority) return no_majority(q, "read a lock", now);
   mm_bytes none = {"", 0};
   fill_holder(q, none, holder);
@@ -1123,7 +978,7 @@ static mm_status q_describe(mm_store *base, mm_bytes key, mm_description *out) {
   mm_status st = q_read(base, key, &out->holder);
   size_t len = (size_t) snprintf(out->where, sizeof out->where, "quorum:");
   for (size_t i = 0; i < q->n && len < sizeof out->where; i++)
-    len += (size_t) snprintf(out->where + len, sizeof out->where - len, "%s%s", i ? "," : "", q->servers[i].label);
+    len += (size_t) snprintf(out->where + len, sizeof out->where - len, "%s%s", i ? "," : "", q->servers[i].conn.label);
   if (st == MM_ABSENT) st = MM_OK;
   return st;
 }
@@ -1131,18 +986,18 @@ static mm_status q_describe(mm_store *base, mm_bytes key, mm_description *out) {
 static mm_status q_force_release(mm_store *base, mm_bytes key) {
   q_store *q = (q_store *) base;
   base->maybe_applied = 1;
-  double now = now_s();
+  double now = mmc_now();
   static const char *const replies[] = {"DELETED", "NOT_FOUND", NULL};
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    if (!srv_begin(q, s, now, 0)) continue;
+    if (!srv_begin(s, now, 0)) continue;
     srv_write(s, "delete %.*s\r\n", (int) key.len, key.ptr);
     s->wrote_store = 1;
     srv_expect(s, EX_STATUS, replies);
   }
   mm_status st = run(q, 0);
   if (st != MM_OK) return st;
-  now = now_s();
+  now = mmc_now();
   size_t done = 0;
   for (size_t i = 0; i < q->n; i++) done += q->servers[i].state == SR_DONE;
   if (done < q->majority) return no_majority(q, "remove a lock", now);
@@ -1153,8 +1008,8 @@ static mm_status q_force_release(mm_store *base, mm_bytes key) {
 static mm_status q_locate(mm_store *base, mm_bytes key, char *host, size_t hostlen, unsigned *port) {
   q_store *q = (q_store *) base;
   (void) key;
-  snprintf(host, hostlen, "%s", q->servers[0].host);
-  *port = q->servers[0].port;
+  snprintf(host, hostlen, "%s", q->servers[0].conn.host);
+  *port = q->servers[0].conn.port;
   return MM_OK;
 }
 
@@ -1167,7 +1022,7 @@ static void q_destroy(mm_store *base) {
   q_store *q = (q_store *) base;
   for (size_t i = 0; i < q->n; i++) {
     srv_close(&q->servers[i]);
-    free(q->servers[i].host);
+    mmc_conn_free(&q->servers[i].conn);
   }
   free(q->servers);
   free(q);
@@ -1175,15 +1030,15 @@ static void q_destroy(mm_store *base) {
 
 void mm_quorum_store_probe(mm_store *base, char *out, size_t outlen) {
   q_store *q = (q_store *) base;
-  double now = now_s();
+  double now = mmc_now();
   size_t len = 0;
   out[0] = '\0';
   int any = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     s->state = SR_IDLE;
-    if (s->probed && s->fd >= 0) continue;
-    if (srv_begin(q, s, now, 0)) any = 1;
+    if (s->probed && s->conn.fd >= 0) continue;
+    if (srv_begin(s, now, 0)) any = 1;
   }
   if (any) (void) run(q, 0);
   for (size_t i = 0; i < q->n && len < outlen; i++) {
@@ -1192,7 +1047,7 @@ void mm_quorum_store_probe(mm_store *base, char *out, size_t outlen) {
       s->warned = 1;
       len += (size_t) snprintf(out + len, outlen - len,
                                "%s%s may evict items (started without -M): a lock on it can vanish before its lease ends",
-                               len ? "\n" : "", s->label);
+                               len ? "\n" : "", s->conn.label);
     }
   }
 }
@@ -1239,18 +1094,12 @@ static mm_store *quorum_new(const mm_quorum_options *opts, size_t min, char *err
   for (size_t i = 0; i < opts->server_count; i++) {
     const mm_server_addr *a = &opts->servers[i];
     q_server *s = &q->servers[i];
-    s->fd = -1;
-    s->host = strdup(a->host);
-    if (s->host == NULL) {
+    if (mmc_conn_init(&s->conn, a) != 0) {
       q->n = i;
       q_destroy(&q->base);
       snprintf(errbuf, errlen, "out of memory");
       return NULL;
     }
-    s->port = a->port;
-    if (a->port == 0) snprintf(s->label, sizeof s->label, "%s", a->host);
-    else if (strchr(a->host, ':') != NULL) snprintf(s->label, sizeof s->label, "[%s]:%u", a->host, a->port);
-    else snprintf(s->label, sizeof s->label, "%s:%u", a->host, a->port);
   }
   q->n = opts->server_count;
   q->majority = q->n / 2 + 1;
