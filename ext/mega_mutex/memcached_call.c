@@ -247,8 +247,7 @@ mm_status mmc_read_gets(mmc_call *r, mmc_conn *c, mm_bytes key, mm_holder *holde
   size_t keep = bytes > MM_TOKEN_MAX ? MM_TOKEN_MAX : (size_t) bytes;
   st = mmc_read_bytes(r, c, doing, (size_t) bytes, holder->token, keep);
   if (st != MM_OK) return st;
-  holder->token[keep] = '\0';
-  holder->token_len = keep; /* a longer value cannot be one of our tokens */
+  holder->token_len = mmc_value_token(holder->token, (size_t) bytes);
   holder->version = cas;
   holder->witness = c->generation;
   if ((st = mmc_read_value_end(r, c, doing, bytes)) != MM_OK) return st;

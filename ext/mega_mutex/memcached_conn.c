@@ -197,7 +197,7 @@ int mmc_number(const char *p, size_t n, uint64_t max, uint64_t *out) {
 
 size_t mmc_split(const char *line, size_t len, const char **words, size_t *lens, size_t max) {
   size_t n = 0, i = 0;
-  while (i < len && n < max + 1) {
+  for (;;) {
     size_t j = i;
     while (j < len && line[j] != ' ') j++;
     if (n < max) {
@@ -205,9 +205,11 @@ size_t mmc_split(const char *line, size_t len, const char **words, size_t *lens,
       lens[n] = j - i;
     }
     n++;
+    /* Every space separates two words: one at the end leaves an empty
+     * word after it, which no reply has. */
+    if (j >= len || n > max) return n;
     i = j + 1;
   }
-  return n;
 }
 
 int mmc_word_is(const char *w, size_t n, const char *lit) { return strlen(lit) == n && memcmp(w, lit, n) == 0; }
@@ -232,6 +234,16 @@ void mmc_excerpt(const char *p, size_t n, char *out, size_t outlen) {
     j += 3;
   }
   out[j] = '\0';
+}
+
+size_t mmc_value_token(char *token, size_t value_len) {
+  if (value_len <= MM_TOKEN_MAX) {
+    token[value_len] = '\0';
+    return value_len;
+  }
+  memcpy(token + MM_TOKEN_MAX - 4, " ...", 4);
+  token[MM_TOKEN_MAX] = '\0';
+  return MM_TOKEN_MAX;
 }
 
 int mmc_status(const char *line, size_t len, const char *const *accepted) {

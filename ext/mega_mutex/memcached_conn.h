@@ -115,7 +115,8 @@ mmc_line_status mmc_next_line(mmc_conn *c, char **line, size_t *len, char *why, 
 /* A decimal number of at most `max`: all digits (1 to 20 of them), nothing else. */
 int mmc_number(const char *p, size_t n, uint64_t max, uint64_t *out);
 /* Splits `line` at single spaces into at most `max` words; the number of
- * words there are (max + 1 when there are more). */
+ * words there are (max + 1 when there are more). Each space separates two
+ * words: "a  b" and "a b " have an empty word. */
 size_t mmc_split(const char *line, size_t len, const char **words, size_t *lens, size_t max);
 int mmc_word_is(const char *w, size_t n, const char *lit);
 int mmc_bytes_is(const char *w, size_t n, mm_bytes b);
@@ -124,6 +125,12 @@ int mmc_starts_with(const char *line, size_t len, const char *lit);
  * other bytes as \xNN, "..." after more than 80 bytes. */
 void mmc_excerpt(const char *p, size_t n, char *out, size_t outlen);
 
+/* A value read as a lock's holder: token[] holds its first
+ * min(value_len, MM_TOKEN_MAX) bytes. A value longer than any token ends
+ * in " ..." instead (a space: no token has one), so that it names a holder
+ * for messages and never equals a token - not even the one it starts with.
+ * NUL-terminates token (MM_TOKEN_MAX + 1 bytes); returns its length. */
+size_t mmc_value_token(char *token, size_t value_len);
 /* The index of `line` in `accepted` (NULL-terminated status words: STORED,
  * NOT_STORED, EXISTS, NOT_FOUND, DELETED, HD...), or -1. */
 int mmc_status(const char *line, size_t len, const char *const *accepted);

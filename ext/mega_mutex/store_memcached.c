@@ -579,8 +579,7 @@ static mm_status describe_once(mm_memcached_store *s, mmc_conn *c, mm_bytes key,
     return mmc_fail(&s->call, c, MM_ERR_SERVER, doing, "malformed reply \"%s\" (expected VA <bytes> t<seconds>)", ex);
   size_t keep = bytes > MM_TOKEN_MAX ? MM_TOKEN_MAX : (size_t) bytes;
   if ((st = mmc_read_bytes(&s->call, c, doing, (size_t) bytes, out->holder.token, keep)) != MM_OK) return st;
-  out->holder.token[keep] = '\0';
-  out->holder.token_len = keep;
+  out->holder.token_len = mmc_value_token(out->holder.token, (size_t) bytes);
   if ((st = mmc_read_value_end(&s->call, c, doing, bytes)) != MM_OK) return st;
   out->lease_left = neg ? -1 : (double) secs;
   return MM_OK;

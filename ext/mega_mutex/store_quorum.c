@@ -382,10 +382,8 @@ static void on_value(q_server *s, const char *p, size_t n) {
     return;
   }
   if (s->value_which == 0) {
-    size_t keep = n > MM_TOKEN_MAX ? 0 : n; /* longer: not a token, never ours */
-    memcpy(s->token, p, keep);
-    s->token[keep] = '\0';
-    s->token_len = keep;
+    memcpy(s->token, p, n > MM_TOKEN_MAX ? MM_TOKEN_MAX : n);
+    s->token_len = mmc_value_token(s->token, n); /* longer: a holder, never a token */
     s->got_lock = 1;
     s->lock_cas = s->value_cas;
   } else if (s->value_which == 1) {
