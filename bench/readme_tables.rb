@@ -1,12 +1,68 @@
 # frozen_string_literal: true
 
-# Prints the README's benchmark tables (Markdown) from a results file, so the
-# README shows exactly what one `rake bench` run measured:
+# Prints the README's benchmark tables (Markdown) from the results files, so
+# the README shows exactly what one `rake bench` run measured: bench/run.rb's
+# (latest.json), then the MariaDB rows of bench/mysql.rb (mysql.json) when
+# that file is there:
 #
-#   ruby bench/readme_tables.rb [bench/results/latest.json]
+#   ruby bench/readme_tables.rb [bench/results/latest.json [bench/results/mysql.json]]
+#   ruby bench/readme_tables.rb --mysql [bench/results/mysql.json]   # the MariaDB rows alone
 require "json"
 
+# The MariaDB rows (bench/mysql.rb's results): one table, every contender,
+# then MegaMutex :mysql / with_advisory_lock on each transport.
+def mysql_tables(path)
+  r = JSON.parse(File.read(path))
+  m = r["machine"]
+  cycle = r["cycle"]["contenders"]
+  handoff = r["handoff"]["contenders"]
+  co = r["contention"]
+  fmt = ->(x, d = 0) { x.nil? ? "–" : (d.zero? ? x.round.to_s : x.round(d).to_s) }
+  puts "Run: `bundle exec ruby bench/mysql.rb` (#{r['mode']}, #{r['duration_seconds'].round} s, #{r['started_at']}) on " \
+       "#{m['nproc']} cores (#{m['cpu']}), #{m['ruby'].split(' (').first}, mariadbd #{m['mariadb']} (private, loopback), " \
+       "memcached #{m['memcached']}, activerecord #{m['activerecord']}, trilogy #{m['trilogy']}, " \
+       "with_advisory_lock #{m['with_advisory_lock']}; load average #{m['loadavg_start'].split.first} at the start, " \
+       "#{m['loadavg_end'].split.first} at the end."
+  puts
+  head = "| lock | cycle median µs | cycle p99 µs | handoff median µs | handoff p99 µs |"
+  rule = "|---|---:|---:|---:|---:|"
+  if co
+    head += " #{co['procs']} processes, #{co['hold_ms']} ms held: acq/s | share min / max | wait p50 ms | wait p99 ms | statements/acq |"
+    rule += "---:|---:|---:|---:|---:|"
+  end
+  puts head, rule
+  cycle.each do |name, c|
+    h = handoff[name] || {}
+    line = "| #{c['label']} | #{fmt[c['median_us']]} | #{fmt[c['p99_us']]} | #{fmt[h['median_us']]} | #{fmt[h['p99_us']]} |"
+    if co && (k = co["contenders"][name])
+      req = k["requests_per_acquisition"].nil? ? "–" : "#{k['requests_per_acquisition']}#{k['server'] == 'memcached' ? ' (memcached)' : ''}"
+      line += " #{fmt[k['throughput']]} | #{k['min_share']} / #{k['max_share']} | #{fmt[k['wait_p50_ms'], 2]} | " \
+              "#{fmt[k['wait_p99_ms'], 1]} | #{req} |"
+    end
+    puts line
+  end
+  turns = handoff.map { |n, h| "#{cycle.dig(n, 'label') || n} #{h['turns']}" }.join(", ")
+  puts
+  puts "(Handoffs: #{r['handoff']['workers']} processes × #{r['handoff']['cycles_per_worker']} cycles; " \
+       "turns to another process: #{turns}.)"
+  r["ratios"].each do |x|
+    puts
+    puts "MegaMutex :mysql / with_advisory_lock, #{x['megamutex'].sub('mysql-', '')}: cycle #{fmt[x['cycle_median'], 2]}; " \
+         "handoff #{fmt[x['handoff_median'], 2]} (the lock passed to another process in #{x['handoff_turns'][0]} against " \
+         "#{x['handoff_turns'][1]} of #{x['handoff_cycles']} cycles)" +
+         (co ? "; #{co['procs']} processes: throughput ×#{fmt[x['contention_throughput'], 2]}, wait p99 " \
+               "#{fmt[x['contention_wait_p99'], 3]}, min share #{x['contention_min_share'].join(' against ')}" : "") + "."
+  end
+  r["notes"].each { |n| puts "", "Note: #{n}" }
+end
+
+if ARGV[0] == "--mysql"
+  mysql_tables(ARGV[1] || File.expand_path("results/mysql.json", __dir__))
+  exit
+end
+
 path = ARGV[0] || File.expand_path("results/latest.json", __dir__)
+mysql_path = ARGV[1] || File.expand_path("results/mysql.json", __dir__)
 r = JSON.parse(File.read(path))
 m = r["machine"]
 c = r["cycle"]["contenders"]
@@ -83,3 +139,9 @@ puts
 puts "| target | measured | limit | |"
 puts "|---|---:|---:|---|"
 r["targets"].each { |t| puts "| #{t['name']} | #{t['value']} | #{t['op']} #{t['target']} | #{t['pass'] ? 'PASS' : 'MISS'} |" }
+if File.exist?(mysql_path)
+  puts
+  puts "MariaDB (`bundle exec ruby bench/mysql.rb`, the last part of `rake bench`):"
+  puts
+  mysql_tables(mysql_path)
+end

@@ -270,7 +270,17 @@ RSpec.describe "bench/mysql.rb --smoke" do
                                 "contention_wait_p99")
       expect(x["cycle_median"]).to be_a(Numeric).and be_positive
     end
-    expect(@text).to match(%r{^   mysql-tcp +/ wal-tcp +cycle [\d.]+, handoff [\d.]+, P=4: throughput [\d.]+})
+    expect(@text).to match(%r{^   mysql-tcp +/ wal-tcp +cycle [\d.]+; handoff ([\d.]+|-) \(turns to another process: \d+ against \d+ of 80\); P=4: throughput [\d.]+, wait p99 [\d.]+ \(min share [\d.]+ against [\d.]+\)})
+    expect(@json["ratios"]).to all(include("handoff_turns", "contention_min_share"))
+  end
+
+  it "gives the README rows: bench/readme_tables.rb --mysql prints every contender's row and the ratios" do
+    out, err, status = Open3.capture3(RbConfig.ruby, File.join(root, "bench", "readme_tables.rb"), "--mysql",
+                                      File.join(@out, "mysql.json"))
+    expect(status).to be_success, err
+    expect(out).to include("Run: `bundle exec ruby bench/mysql.rb` (smoke", "| lock | cycle median µs |")
+    @json["cycle"]["contenders"].each_value { |c| expect(out).to match(/^\| #{Regexp.escape(c['label'])} \| \d+ \|/) }
+    expect(out.scan(%r{^MegaMutex :mysql / with_advisory_lock, (tcp|socket): cycle [\d.]+}).flatten).to eq(%w[tcp socket]) if @json["ratios"].any?
   end
 
   it "without mariadbd says it skipped the :mysql rows and exits 0", :without_mariadb do
