@@ -4,7 +4,7 @@
 # ActiveRecord 7.2 + trilogy) on the SAME private mariadbd, beside MegaMutex
 # :memcached on the same machine (issue #11):
 #
-#   bundle exec ruby bench/mysql.rb            # full: about a minute (the last part of rake bench)
+#   bundle exec ruby bench/mysql.rb            # full: 1.5 to 2 minutes (the last part of rake bench)
 #   bundle exec ruby bench/mysql.rb --smoke    # tiny sizes (spec/bench_spec.rb)
 #   bundle exec ruby bench/mysql.rb --help
 #

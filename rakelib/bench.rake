@@ -9,7 +9,7 @@
 # mysql.{txt,json}.
 #
 #   bundle exec rake bench              # full run, a few minutes
-#   bundle exec rake bench:mysql        # the MariaDB rows alone, about a minute
+#   bundle exec rake bench:mysql        # the MariaDB rows alone, 1.5 to 2 minutes
 #   bundle exec rake bench QUICK=1      # or: rake bench:quick - about 95 s
 #   bundle exec rake bench BENCH_ARGS="--procs 2,8 --seconds 3"
 #   BENCH_BACKOFF_MIN=0.001 BENCH_BACKOFF_MAX=0.02 bundle exec rake bench:quick
@@ -55,7 +55,7 @@ namespace :bench do
     ruby BenchTask::RUN, *BenchTask.args(["--quick"])
   end
 
-  desc "Benchmark, the MariaDB rows: MegaMutex :mysql beside with_advisory_lock on one private mariadbd (about a minute)"
+  desc "Benchmark, the MariaDB rows: MegaMutex :mysql beside with_advisory_lock on one private mariadbd (1.5 to 2 minutes)"
   task mysql: :compile do
     sh BenchTask::SETUP
     ruby BenchTask::MYSQL
