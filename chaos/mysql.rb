@@ -115,7 +115,7 @@ module MysqlChaos
   class Driver < Chaos::Driver
     # A fault: what, when (CLOCK_MONOTONIC), and the holder it hit (pid and
     # the sid of the section it was inside), if any.
-    Fault = Struct.new(:kind, :n, :start, :stop, :until, :seconds, :targeted, :pid, :sid, :after, keyword_init: true)
+    Fault = Struct.new(:kind, :n, :start, :stop, :until, :seconds, :targeted, :pid, :sid, :after, :inside, keyword_init: true)
     KINDS = %i[short_pause long_pause waiter_pause crash shutdown].freeze
 
     def initialize(opts)
@@ -345,7 +345,13 @@ module MysqlChaos
       faults.each do |f|
         next unless f.kind == :waiter_pause && f.targeted
 
-        f.sid = record.sections.values.select { |x| x.pid == f.pid && x.enter && x.enter > f.start }.min_by(&:enter)&.sid
+        # Its section in progress at the stop (it had entered after the
+        # driver last read its log: then it was a paused holder after all),
+        # or else the first it entered after.
+        mine = record.sections.values.select { |x| x.pid == f.pid && x.enter }
+        current = mine.find { |x| x.enter <= f.start && x.end > f.start }
+        f.inside = !current.nil?
+        f.sid = (current || mine.select { |x| x.enter > f.start }.min_by(&:enter))&.sid
       end
       faults.each do |f|
         held = f.targeted && record.sections[f.sid]&.end
@@ -365,6 +371,15 @@ module MysqlChaos
         following = faults.find { |g| g.start > f.start }&.start || Float::INFINITY
         f.after = entries.count { |e| e > f.stop && e < following }
       end
+      # How long the lock stayed unusable: from a long pause's start to the
+      # next entry by another process (about the lease: the server drops
+      # the silent session); from a restart's start to the next entry.
+      others = ->(f) { record.sections.values.select { |x| x.enter && x.enter > f.start && x.pid != f.pid }.map(&:enter).min }
+      free_after = lambda do |kinds|
+        faults.select { |f| f.targeted && kinds.include?(f.kind) }.filter_map { |f| (e = others.(f)) && e - f.start }
+      end
+      paused_gaps = free_after.(%i[long_pause])
+      restart_gaps = free_after.(%i[crash shutdown])
       hit = faults.select(&:targeted)
       told = ->(kinds) { hit.count { |f| kinds.include?(f.kind) && record.sections[f.sid]&.outcome == "LockLostError" } }
       gaps = kill_gaps(record, kills)
@@ -390,7 +405,9 @@ module MysqlChaos
         conn: record.counts[:conn], conn_acquire: record.counts[:conn_acquire], conn_release: record.counts[:conn_release],
         lost: record.counts[:lost], server_errors: record.counts[:server_error], timeouts: record.counts[:timeout],
         violations: overlaps.size, by: by, overlaps: overlaps, streak: longest_streak(record),
-        kill_gap_median: median(gaps), kill_gap_max: gaps.max, kill_gaps: gaps.size
+        kill_gap_median: median(gaps), kill_gap_max: gaps.max, kill_gaps: gaps.size,
+        long_pause_free_min: paused_gaps.min, long_pause_free_max: paused_gaps.max,
+        restart_free_min: restart_gaps.min, restart_free_max: restart_gaps.max
       }
     end
 
@@ -440,9 +457,15 @@ module MysqlChaos
       lines << row.("kill -> next entry, median") { |r| only.(r, "kill", ms.(r[:kill_gap_median])) }
       lines << row.("kill -> next entry, max") { |r| only.(r, "kill", ms.(r[:kill_gap_max])) }
       lines << row.("holder pauses short / long") { |r| only.(r, "pause", "#{r[:short_pauses]} / #{r[:long_pauses]}") }
+      lines << row.("long pause -> next entry by another") do |r|
+        only.(r, "pause", r[:long_pause_free_min] && format("%.2f-%.2f s", r[:long_pause_free_min], r[:long_pause_free_max]))
+      end
       lines << row.("long-paused holders told") { |r| only.(r, "pause", "#{r[:told_long_pause]} of #{r[:long_paused_holders]}") }
       lines << row.("waiters paused (entered late, told)") { |r| only.(r, "pause", "#{r[:waiter_pauses]} (#{r[:stale_waiters_told]})") }
       lines << row.("mariadbd kill -9 / clean shutdown") { |r| only.(r, "server", "#{r[:server_crashes]} / #{r[:shutdowns]}") }
+      lines << row.("restart start -> next entry") do |r|
+        only.(r, "server", r[:restart_free_min] && format("%.2f-%.2f s", r[:restart_free_min], r[:restart_free_max]))
+      end
       lines << row.("holders under a restart told") { |r| only.(r, "server", "#{r[:told_restart]} of #{r[:restarted_holders]}") }
       lines << row.("sections after a restart (fewest)") { |r| only.(r, "server", r[:sections_after_restart]) }
       lines << row.("connection errors (acq/release)") { |r| "#{r[:conn]} (#{r[:conn_acquire]}/#{r[:conn_release]})" }
@@ -465,7 +488,10 @@ module MysqlChaos
         faulted.each do |r|
           r[:faults].each do |f|
             what = f.seconds ? format("%s %.2f s", f.kind.to_s.tr("_", " "), f.seconds) : f.kind.to_s
-            who = f.kind == :waiter_pause ? "waiter #{f.pid}, its next section #{f.sid}" : "holder #{f.sid}"
+            who = if f.kind != :waiter_pause then "holder #{f.sid}"
+                  elsif f.inside then "waiter #{f.pid}, inside after all: #{f.sid}"
+                  else "waiter #{f.pid}, its next section #{f.sid}"
+                  end
             holder = f.targeted ? "#{who}, told: #{outcome_of(r, f)}" : "untargeted"
             lines << format("  %-7s #%d %-22s at %6.2f s  %s; %d section(s) after it", r[:name], f.n, what, f.start - r[:started],
                             holder, f.after.to_i)
