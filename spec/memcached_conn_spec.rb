@@ -15,6 +15,15 @@ RSpec.describe "memcached replies, as both memcached stores read them" do
   # The longest token a client may use: 200 printable bytes.
   let(:long_token) { "t" * 200 }
 
+  # `client` finds `key` held, by someone other than long_token.
+  def expect_held_by_another(client, key, ttl)
+    expect(client._acquire(Object.new, key, long_token, ttl, 0, 0.01, 0.01)).to be(false)
+    held_by = client._read(key)
+    expect(held_by).not_to be_nil
+    expect(held_by).not_to eq(long_token)
+    expect(held_by).to end_with(" ...")
+  end
+
   describe "a value longer than any token" do
     let(:fake) { FakeMemcached.new.start }
     after { fake.stop }
@@ -28,10 +37,7 @@ RSpec.describe "memcached replies, as both memcached stores read them" do
         cmd.reply("VALUE #{key} 0 #{value.bytesize} 7\r\n#{value}\r\nEND\r\n")
       end
       client = client_for(fake.address)
-      expect(client._acquire(Object.new, key, long_token, 5, 0, 0.01, 0.01)).to be(false)
-      held_by = client._read(key)
-      expect(held_by).not_to be_nil
-      expect(held_by).not_to eq(long_token)
+      expect_held_by_another(client, key, 5)
     ensure
       client&.close
     end
@@ -44,10 +50,7 @@ RSpec.describe "memcached replies, as both memcached stores read them" do
       servers.each { |s| expect(s.command("set #{key} 0 60 #{value.bytesize}\r\n#{value}")).to eq("STORED\r\n") }
       addresses = servers.map { |s| s.address.split(":").then { |host, port| [host, port.to_i] } }
       client, = MegaMutex::Native::Client._quorum_open(addresses, 500, 500, QuorumServers::MAX_TTL)
-      expect(client._acquire(Object.new, key, long_token, 2, 0, 0.01, 0.01)).to be(false)
-      held_by = client._read(key)
-      expect(held_by).not_to be_nil
-      expect(held_by).not_to eq(long_token)
+      expect_held_by_another(client, key, QuorumServers::MAX_TTL)
     ensure
       client&.close
       servers&.each { |s| s.delete(key) }

@@ -3,8 +3,9 @@
  *
  * libmemcached keeps the server list and picks the server of a key (its
  * ketama continuum, so every libmemcached client agrees on it); the
- * requests themselves are written and their replies parsed here, on our own
- * sockets. Three reasons, each a defect of libmemcached 1.1.4's reply
+ * requests themselves are ours, on our own sockets: written here, sent and
+ * waited for by memcached_call.c, their replies parsed by memcached_conn.c
+ * (the connection layer store_quorum.c shares). Three reasons, each a defect of libmemcached 1.1.4's reply
  * parser that no behaviour flag avoids (text and binary alike):
  *   - it trusts the lengths a server sends: "VALUE k 0 -1 5" makes it write
  *     before its buffer, a bare "VERSION" dereferences NULL, and over binary

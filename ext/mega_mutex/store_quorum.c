@@ -4,8 +4,9 @@
  *
  * Every request goes to all servers at once: each server's request is
  * written, then one poll over all the sockets reads the replies as they
- * come. Replies are parsed as strictly as store_memcached.c does (exactly
- * the reply each request allows; anything else closes that connection).
+ * come. Replies are parsed by the connection layer store_memcached.c uses
+ * too (memcached_conn.c), as strictly: exactly the reply each request
+ * allows; anything else closes that connection.
  *
  * Keys on each server:
  *   K          the lock: value = holder's token, expiry = the lease (+2 s for
