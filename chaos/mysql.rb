@@ -326,11 +326,13 @@ module MysqlChaos
     # (a stopped process's sleep does not count the time it was stopped:
     # the paused holder stays inside that much longer).
     # A pause beyond the lease explains only overlaps of the process it
-    # stopped; a restart (every session lost) explains any pair in its
+    # stopped (the fault that hit one of the two sections first, else the
+    # latest that stopped one of the two processes); a restart (every session lost) explains any pair in its
     # window; a short pause explains none (an overlap there is a violation).
     def window_of(overlap, faults)
       near = faults.select { |f| f.targeted && overlap.start >= f.start - 0.05 && overlap.start <= f.until }
-      near.find { |f| [overlap.a.pid, overlap.b.pid].include?(f.pid) } ||
+      near.find { |f| [overlap.a.sid, overlap.b.sid].include?(f.sid) } ||
+        near.reverse.find { |f| [overlap.a.pid, overlap.b.pid].include?(f.pid) } ||
         near.find { |f| %i[crash shutdown short_pause].include?(f.kind) }
     end
 
