@@ -285,8 +285,8 @@ RSpec.describe "bench/mysql.rb --smoke" do
 
   it "without mariadbd says it skipped the :mysql rows and exits 0", :without_mariadb do
     out = Dir.mktmpdir("bench-mysql-none", @out)
-    status, log = self.class.run_bench(root, out, "--contenders", "mysql-tcp",
-                                       env: { "PATH" => File.dirname(RbConfig.ruby) })
+    empty = Dir.mktmpdir("bin", @out) # a PATH with no mariadbd on it (ruby is started by its full path)
+    status, log = self.class.run_bench(root, out, "--contenders", "mysql-tcp", env: { "PATH" => empty })
     expect(status).to be_success, log
     expect(log).to include("SKIPPED: mariadbd or the mariadb client is not installed")
     expect(File).not_to exist(File.join(out, "mysql.json"))
