@@ -1,0 +1,104 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "timeout"
+
+# What chaos/mysql.rb's "waiter pause" found, as the smallest case: a waiter
+# blocked in GET_LOCK is stopped (SIGSTOP); the holder releases and the
+# server grants the lock to the stopped waiter (the reply waits in its
+# socket); the waiter's session, silent, is dropped after wait_timeout
+# (lock_ttl + 2 s) and the lock goes to someone else. When the waiter
+# resumes it reads the grant and enters its block while the other holds
+# the lock - no lock can stop that (as for a holder paused inside its
+# block) - and it must be told: lost? turns true and LockLostError is
+# raised after its block.
+RSpec.describe "backend :mysql, a waiter stopped past the lease after its grant", :slow do
+  let(:db) { Servers::MariaDB.shared }
+  let(:id) { "late-waiter" }
+
+  before do
+    skip "mariadbd is not installed" unless Servers::MariaDB.available?
+    ns = @namespace
+    url = db.url
+    MegaMutex.configure do |c|
+      c.backend = :mysql
+      c.mysql_url = url
+      c.namespace = ns
+      c.lock_ttl = 1
+    end
+  end
+
+  after do
+    Array(@children).each do |pid|
+      Process.kill(:CONT, pid)
+      Process.kill(:KILL, pid)
+      Process.wait(pid)
+    rescue Errno::ESRCH, Errno::ECHILD
+      nil
+    end
+  end
+
+  # A process that waits for `id`, says "entered" (and whether it knows the
+  # lock lost) inside its block, stays until it is told or 10 s pass, then
+  # says what with_distributed_mutex raised after the block.
+  def waiter_process
+    reader, writer = IO.pipe
+    script = <<~RUBY
+      $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
+      require "mega_mutex"
+      $stdout.sync = true
+      MegaMutex.configure do |c|
+        c.backend = :mysql
+        c.mysql_url = #{db.url.inspect}
+        c.namespace = #{@namespace.inspect}
+        c.lock_ttl = 1
+        c.on_lock_lost = :raise
+      end
+      begin
+        MegaMutex.with_distributed_mutex(#{id.inspect}, timeout: 60) do |lock|
+          puts "entered lost=\#{lock.lost?}"
+          deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+          sleep 0.05 until lock.lost? || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        end
+        puts "not told"
+      rescue MegaMutex::LockLostError
+        puts "told"
+      end
+    RUBY
+    pid = Process.spawn(RbConfig.ruby, "-e", script, out: writer, err: File::NULL, pgroup: true)
+    writer.close
+    (@children ||= []) << pid
+    [pid, reader]
+  end
+
+  def stopped?(pid)
+    states = Dir["/proc/#{pid}/task/*/stat"].map { |path| File.read(path)[/\) (\S)/, 1] }
+    !states.empty? && states.all?("T")
+  end
+
+  it "enters late, while another process holds the lock, and is told (lost?, then LockLostError)" do
+    first = MegaMutex::Lock.new(id, timeout: 10)
+    first.lock
+    pid, reader = waiter_process
+    wait_for(within: 30, message: "the waiter blocked in GET_LOCK") do
+      db.sessions.any? { |_, _, info| info.include?("GET_LOCK") }
+    end
+    Process.kill(:STOP, pid)
+    wait_for(message: "the waiter stopped") { stopped?(pid) }
+
+    expect(first.unlock).to be(true)
+    probe = MegaMutex::Lock.new(id)
+    wait_for(message: "the lock granted to the stopped waiter") { probe.locked? }
+    wait_for(within: 30, message: "the stopped waiter's session dropped") { !probe.locked? }
+    second = MegaMutex::Lock.new(id, timeout: 10)
+    second.lock
+    begin
+      Process.kill(:CONT, pid)
+      expect(Timeout.timeout(30) { reader.gets }).to eq("entered lost=false\n") # while `second` holds it
+      expect(Timeout.timeout(30) { reader.gets }).to eq("told\n")
+      expect(second.lost?).to be(false)
+    ensure
+      expect(second.unlock).to be(true)
+    end
+  end
+end
