@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "mega_mutex"
+require "mega_mutex/active_record_database"
 
 # A drop-in for users of the distributed_mutex gem (Birkir A. Barkarson's
 # DistributedMutex / MySQLMutex): replace
@@ -17,56 +18,114 @@ require "mega_mutex"
 #
 # - DistributedMutex (a Mutex): new(key, timeout = 1, exception_on_timeout =
 #   false); #lock (true, or false / MutexLockTimeout after `timeout`
-#   seconds), #unlock (true if this object held it), #locked? (whether this
-#   object holds it), #synchronize (true if the block ran, false if the lock
-#   was not obtained - not the block's value, as in the original), #try_lock
-#   (whether the lock could be taken; it is given back at once, as in the
-#   original), #excluse_unlock, .synchronize(key, timeout,
-#   exception_on_timeout) - for any subclass that defines private get_lock
-#   and release_lock (each true when done).
+#   seconds), #unlock (true if this object held it and gave it back),
+#   #locked? (whether this object holds it), #synchronize (true if the block
+#   ran, false if the lock was not obtained - not the block's value),
+#   #try_lock (whether the lock could be taken within `timeout`; it is given
+#   back at once), #excluse_unlock, #key, #timeout, #exception_on_timeout,
+#   .synchronize(key, timeout = 1, exception_on_timeout = false) - for any
+#   subclass that defines private get_lock and release_lock (each true when
+#   done); "Method not implemented" (RuntimeError) without them.
 # - MySQLMutex: new(key, timeout = 1, exception_on_timeout = false,
-#   connection = nil), .synchronize(key, timeout, exception_on_timeout,
-#   connection), .active_locks.
+#   connection = nil); .synchronize(key, timeout = 1, exception_on_timeout,
+#   connection = nil), whose exception_on_timeout defaults to a true value as
+#   in the original (its default there is DEFAULT_TIMEOUT, i.e. 1: a busy
+#   lock raises MutexLockTimeout); .active_locks; nesting: a thread that
+#   holds a key gets it again at once (true), and it is given back when every
+#   holder has unlocked; #unlock of a lock found gone returns false and
+#   #locked? stays true.
 # - MutexLockTimeout ("Mutex lock operation timed out") and
-#   MutexLockReleaseFailure.
+#   MutexLockReleaseFailure ("Failed to release Mutex lock. This should be
+#   regarded as a system bug."), both StandardErrors; neither message can be
+#   replaced.
 #
-# What differs, and why:
+# What differs (docs/mysql.md lists the same, with the reasons):
 #
-# - MySQLMutex never uses the application's connection: it opens sessions of
-#   its own (a lock must not share a session with queries, which would keep
-#   it held while a query runs after its holder died, and a pooled
-#   connection holding a lock would grant it again to another thread). The
-#   `connection` argument only says which server: nil (MegaMutex's
-#   configuration, or ActiveRecord's settings in Rails), a database.yml-style
-#   Hash (host, port, socket, username, password, database; String or Symbol
-#   keys), a mysql:// URL, or an ActiveRecord connection (its settings).
-# - Lock names are MegaMutex's ("mm=" + namespace:key, hashed when long or
-#   not plain), not the bare key: processes on the original gem do not
-#   exclude processes on this one. Switch every process at once.
-# - Nesting is counted per thread (the original: per connection and key).
-#   A thread's locks share one session, so MariaDB's deadlock detection
-#   applies: the victim gets MegaMutex::DeadlockError.
-# - A lock is kept alive while held (the renewer), and found lost when its
-#   session breaks: #unlock then returns false.
-# - A negative or nil timeout: nil waits for ever, a negative one raises
-#   ArgumentError (MariaDB would return NULL at once: MDEV-4017).
-# - excluse_unlock is #unlock (in the original it was Ruby's Mutex#unlock by
-#   accident, which raised ThreadError).
-# - .active_locks is { Thread => { key => nesting depth } } of the locks
-#   held through MySQLMutex in this process (the original: by connection id).
+# 1. Sessions: MySQLMutex never runs GET_LOCK on the application's
+#    connection. It opens sessions of its own (one per thread holding
+#    locks). The `connection` argument only says which server: nil
+#    (MegaMutex's configuration when its backend is :mysql, else
+#    ActiveRecord::Base's database; else ArgumentError), a database.yml-style
+#    Hash (host, port, socket, username, password, database, url, adapter;
+#    String or Symbol keys; read as its adapter reads it, see
+#    MegaMutex::ActiveRecordDatabase), a mysql:// URL, or an ActiveRecord
+#    connection (its pool's settings). A lock on a pooled connection would
+#    be granted again to the next thread that checks that connection out,
+#    would stay held while a query runs after its holder died, and would go
+#    with a reconnect.
+# 2. Lock names are MegaMutex's ("mm=" + namespace + ":" + key, hashed to at
+#    most 64 bytes when long or not plain), not the bare key: processes on
+#    the original gem do not exclude processes on this one (switch every
+#    process at once), and keys of any length work (the original failed
+#    beyond MySQL 8's 64 characters).
+# 3. Keys are Strings, Symbols or Integers (ArgumentError for others, nil
+#    included, at new); :k and "k" are one lock.
+# 4. Timeouts: nil waits for ever; a negative, non-numeric or String timeout
+#    raises ArgumentError at new (the original sent it to GET_LOCK, where a
+#    negative one waits for ever on MySQL and returns at once on MariaDB,
+#    MDEV-4017, and nil made GET_LOCK return NULL at once: false).
+# 5. Nesting is counted per thread (the original: per connection id, so two
+#    threads given one connection both "held" a key).
+# 6. MySQLMutex.new does no I/O (the original asked the server for its
+#    connection id, and needed a connected ActiveRecord); errors come from
+#    #lock and #unlock, as MegaMutex errors: ConnectionError, ServerError,
+#    DeadlockError (a deadlock between threads' locks, detected by the
+#    server) instead of ActiveRecord's.
+# 7. A held lock is kept alive by MegaMutex (lock_ttl, the renewer): a
+#    holder that stops (SIGSTOP) or is cut off loses it after lock_ttl + 2 s
+#    of silence, instead of the connection's wait_timeout (ActiveRecord sets
+#    it to 24 days). A lock found lost is logged; #unlock then returns false.
+# 8. .active_locks is a snapshot, { Thread => { key => nesting depth } }, of
+#    the locks held through MySQLMutex in this process (the original: its
+#    live Hash by connection id, empty entries included).
+# 9. Logging: MegaMutex's line at each release to MegaMutex's logger (in
+#    Rails, Rails.logger) instead of "MySQLMutex: GET_LOCK=1" and
+#    "MySQLMutex: RELEASE_LOCK=1" at debug level.
+# 10. #excluse_unlock is #unlock (the original's alias named Ruby's
+#    Mutex#unlock, which raised ThreadError whatever the state).
+# 11. #lock stores true or false (the original stored get_lock's value, so a
+#    subclass's #locked? could return it).
+# 12. MutexLockTimeout is a MegaMutex::TimeoutError (so a MegaMutex::Error,
+#    still a StandardError) with #id and #timeout; its #to_s is the message
+#    too. MutexLockReleaseFailure is a MegaMutex::Error; neither gem raises it.
+# 13. Interrupts (Timeout, Thread#raise, Ctrl-C) end a wait at once and leave
+#    nothing held; fork: a child never uses its parent's sessions.
+# 14. Not provided: GlobalMutex (the original's test implementation) and the
+#    require names "distributed_mutex" / "mysql_mutex".
 
-# Raised by #lock and #synchronize when exception_on_timeout is true.
+# Raised by #lock and #synchronize when exception_on_timeout is true. Its
+# message is always the original's.
 class MutexLockTimeout < MegaMutex::TimeoutError
-  def initialize(message = "Mutex lock operation timed out", **details)
-    super
+  # The message, whatever is given (as in the original).
+  MESSAGE = "Mutex lock operation timed out"
+
+  # @param _message [Object] ignored: the message is {MESSAGE}
+  # @param details [Hash] id:, timeout: (see MegaMutex::TimeoutError)
+  def initialize(_message = nil, **details)
+    super(MESSAGE, **details)
+  end
+
+  # @return [String] {MESSAGE}
+  def message
+    MESSAGE
   end
 end
 
-# A release the server refused. MySQLMutex#unlock returns false for a lock
-# found lost instead (as the original does); kept for code that rescues it.
+# A release the server refused. Neither the original nor this drop-in raises
+# it (MySQLMutex#unlock returns false instead); kept for code that rescues it.
+# Its message is always the original's.
 class MutexLockReleaseFailure < MegaMutex::Error
-  def initialize(message = "Failed to release Mutex lock. This should be regarded as a system bug.")
-    super
+  # The message, whatever is given (as in the original).
+  MESSAGE = "Failed to release Mutex lock. This should be regarded as a system bug."
+
+  # @param _message [Object] ignored: the message is {MESSAGE}
+  def initialize(_message = nil)
+    super(MESSAGE)
+  end
+
+  # @return [String] {MESSAGE}
+  def message
+    MESSAGE
   end
 end
 
@@ -163,26 +222,34 @@ end
 
 # A DistributedMutex on MariaDB/MySQL named locks (MegaMutex's :mysql store).
 class MySQLMutex < DistributedMutex
+  # MySQLMutex.synchronize's exception_on_timeout default: the original's is
+  # DEFAULT_TIMEOUT (1), a true value, so a busy lock raises MutexLockTimeout.
+  SYNCHRONIZE_EXCEPTION_ON_TIMEOUT = true
+
   @active = {}
   @stores = {}
   @registry_mutex = Mutex.new
 
   class << self
-    # @return [Hash{Thread => Hash{Object => Integer}}] locks held through
-    #   MySQLMutex in this process: by thread, each key's nesting depth
+    # @return [Hash{Thread => Hash{Object => Integer}}] a snapshot of the
+    #   locks held through MySQLMutex in this process: by thread, each key's
+    #   nesting depth
     def active_locks
       @registry_mutex.synchronize { @active.transform_values(&:dup) }
     end
 
-    # @return [Boolean] #synchronize on a new mutex
+    # @return [Boolean] #synchronize on a new mutex (true if the block ran)
+    # @raise [MutexLockTimeout] when not obtained and exception_on_timeout
+    #   (by default, as in the original)
     def synchronize(key, timeout = DistributedMutex::DEFAULT_TIMEOUT,
-                    exception_on_timeout = DistributedMutex::DEFAULT_EXCEPTION_ON_TIMEOUT, connection = nil, &block)
+                    exception_on_timeout = SYNCHRONIZE_EXCEPTION_ON_TIMEOUT, connection = nil, &block)
       new(key, timeout, exception_on_timeout, connection).synchronize(&block)
     end
 
     # @api private
     # @return [Array(MegaMutex::Configuration, MegaMutex::Pool), nil] the
     #   configuration and pool for `connection`; nil for MegaMutex's own
+    # @raise [ArgumentError] for a connection that names no MySQL server
     def store_for(connection)
       settings = settings_of(connection)
       return nil if settings.nil?
@@ -210,28 +277,41 @@ class MySQLMutex < DistributedMutex
 
     private
 
-    # @return [MegaMutex::Configuration::MysqlSettings, nil]
+    # @return [MegaMutex::Configuration::MysqlSettings, nil] nil: MegaMutex's own configuration
     def settings_of(connection)
       case connection
-      when nil then nil
+      when nil then default_settings
       when String then MegaMutex::Configuration.parse_mysql_url(connection)
-      when Hash then MegaMutex::Configuration.mysql_settings_from(connection)
+      when Hash
+        hash = MegaMutex::ActiveRecordDatabase.settings(connection)
+        raise ArgumentError, "MySQLMutex connection: adapter #{connection_adapter(connection).inspect} is not MySQL (mysql2 or trilogy)" unless hash
+
+        MegaMutex::Configuration.mysql_settings_from(hash)
       else
-        hash = active_record_settings(connection)
+        hash = MegaMutex::ActiveRecordDatabase.of_connection(connection)
         unless hash
           raise ArgumentError, "MySQLMutex connection must be nil, a Hash of settings, a mysql:// URL or an " \
-                               "ActiveRecord connection (got #{connection.class})"
+                               "ActiveRecord connection to MySQL (got #{connection.class})"
         end
         MegaMutex::Configuration.mysql_settings_from(hash)
       end
     end
 
-    def active_record_settings(connection)
-      if connection.respond_to?(:pool) && connection.pool.respond_to?(:db_config)
-        connection.pool.db_config.configuration_hash
-      elsif connection.instance_variable_defined?(:@config)
-        connection.instance_variable_get(:@config)
-      end
+    # No connection given: MegaMutex's configuration when it is :mysql, else
+    # ActiveRecord::Base's database (the original's default connection).
+    def default_settings
+      return nil if MegaMutex.configuration.backend == :mysql
+
+      hash = MegaMutex::ActiveRecordDatabase.of_base
+      return MegaMutex::Configuration.mysql_settings_from(hash) if hash
+
+      raise ArgumentError, "MySQLMutex needs a MySQL server: configure MegaMutex with backend :mysql and a mysql_url, " \
+                           "connect ActiveRecord::Base to MySQL, or pass a connection (a Hash, a mysql:// URL or an " \
+                           "ActiveRecord connection)"
+    end
+
+    def connection_adapter(hash)
+      hash[:adapter] || hash["adapter"]
     end
   end
 
@@ -255,7 +335,11 @@ class MySQLMutex < DistributedMutex
     false
   end
 
+  # Counted off once per take, whether the release found the lock or not (a
+  # second #unlock of a lock found lost must not count off another's take).
   def release_lock
+    return false unless @lock.owned?
+
     released = @lock.unlock
     self.class.track(key, -1)
     released

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "rails/railtie"
+require "mega_mutex/active_record_database"
 
 module MegaMutex
   # Configures MegaMutex from a Rails application's config. Loaded by
@@ -69,12 +70,14 @@ module MegaMutex
       end
 
       # Adapters whose database settings backend :mysql can use.
-      MYSQL_ADAPTERS = %w[mysql2 trilogy mysql].freeze
+      MYSQL_ADAPTERS = ActiveRecordDatabase::ADAPTERS
 
       # With backend :mysql and no server given (no mysql_url, no
       # MEGA_MUTEX_MYSQL_URL), the application's own database: its settings
-      # for this environment (config/database.yml, its primary database),
-      # when that is MariaDB/MySQL (mysql2 or trilogy). MegaMutex opens
+      # for this environment (config/database.yml's primary database, with
+      # its url and DATABASE_URL as ActiveRecord resolves them when it is
+      # loaded), when that is MariaDB/MySQL (mysql2 or trilogy), read as the
+      # adapter reads them (see MegaMutex::ActiveRecordDatabase). MegaMutex opens
       # sessions of its own to it, never ActiveRecord's connections.
       # @param config [Configuration] being configured
       # @return [void]
@@ -89,16 +92,11 @@ module MegaMutex
       # The primary database's settings for this environment, if MySQL.
       # @param all [Hash, nil] database.yml as Rails reads it (default: the application's)
       # @param env [String] the environment
-      # @return [Hash, nil]
+      # @return [Hash{Symbol => Object}, nil] host, port, socket, username,
+      #   password, database (see MegaMutex::ActiveRecordDatabase.settings)
       def mysql_database_settings(all = application_databases, env = ::Rails.env.to_s)
-        entry = all.is_a?(Hash) ? all[env] : nil
-        # A multi-database environment nests them by name: the primary one.
-        if entry.is_a?(Hash) && !entry.key?("adapter")
-          entry = entry["primary"] || entry.values.find { |v| v.is_a?(Hash) && v.key?("adapter") }
-        end
-        return nil unless entry.is_a?(Hash) && MYSQL_ADAPTERS.include?(entry["adapter"].to_s)
-
-        entry
+        entry = ActiveRecordDatabase.primary_entry(all, env)
+        entry && ActiveRecordDatabase.settings(entry, adapter_required: true)
       end
 
       private
