@@ -184,4 +184,33 @@ RSpec.describe "Rails on MariaDB (backend :mysql from ActiveRecord's database)",
       request&.join(5)
     end
   end
+
+  describe "booting" do
+    # Boots the app without a server; returns [stdout, stderr, status].
+    def boot(env, script)
+      full = { "RAILS_ENV" => "production", "MM_DATABASE" => "mysql", "MM_DB_NAME" => @db_name,
+               "MM_NAMESPACE" => @app_namespace, "MEGA_MUTEX_MYSQL_URL" => nil, "DATABASE_URL" => nil }.merge(env)
+      Open3.capture3(full, RbConfig.ruby, "-e", "require './config/environment'; #{script}", chdir: app_root)
+    end
+
+    let(:show) do
+      "ar = ActiveRecord::Base.connection_db_config.configuration_hash; " \
+      "print MegaMutex.configuration.mysql_settings.inspect, ' ', ar[:port], ' ', " \
+      "MegaMutex.with_distributed_mutex('boot') { MegaMutex.get_current_lock('boot') }.split(':')[1] == Process.pid.to_s"
+    end
+
+    it "follows DATABASE_URL over database.yml, as ActiveRecord does" do
+      out, err, status = boot({ "MM_DB_HOST" => "127.0.0.1", "MM_DB_PORT" => "1", # nothing listens on port 1
+                                "DATABASE_URL" => "trilogy://root@127.0.0.1:#{db.port}/#{@db_name}" }, show)
+      expect(status).to be_success, err
+      expect(out).to eq("#<MysqlSettings root@127.0.0.1:#{db.port}/#{@db_name}> #{db.port} true")
+    end
+
+    it "lets config.mega_mutex.mysql_url win over the database" do
+      json = JSON.generate("mysql_url" => db.socket_url)
+      out, err, status = boot({ "MM_DB_HOST" => "127.0.0.1", "MM_DB_PORT" => db.port.to_s, "MM_SETTINGS_JSON" => json }, show)
+      expect(status).to be_success, err
+      expect(out).to eq("#<MysqlSettings root@#{db.socket_path}> #{db.port} true")
+    end
+  end
 end

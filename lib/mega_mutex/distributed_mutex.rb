@@ -39,7 +39,7 @@ require "mega_mutex/active_record_database"
 #   regarded as a system bug."), both StandardErrors; neither message can be
 #   replaced.
 #
-# What differs (docs/mysql.md lists the same, with the reasons):
+# What differs, and why:
 #
 # 1. Sessions: MySQLMutex never runs GET_LOCK on the application's
 #    connection. It opens sessions of its own (one per thread holding
