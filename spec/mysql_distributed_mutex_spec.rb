@@ -200,6 +200,30 @@ RSpec.describe "require 'mega_mutex/distributed_mutex'" do
       expect { MySQLMutex.new("ar-default") }.to raise_error(ArgumentError, /MySQLMutex needs a MySQL server/)
     end
 
+    it "takes the connection's username and password (a server with accounts)", :slow do
+      server = Servers::MariaDB.new(grant_tables: true).start
+      begin
+        server.add_user("app", "s3cret")
+        server.sql("CREATE DATABASE appdb; GRANT ALL ON appdb.* TO 'app'@'%'; GRANT ALL ON appdb.* TO 'app'@'localhost'")
+        ActiveRecord::Base.establish_connection(adapter: "trilogy", host: "127.0.0.1", port: server.port,
+                                                username: "app", password: "s3cret", database: "appdb")
+        ar = ActiveRecord::Base.connection
+        ar_id = Integer(ar.select_value("SELECT CONNECTION_ID()"))
+        m = MySQLMutex.new("creds", 1, false, ar)
+        expect(m.lock).to be(true)
+        holder = Integer(ar.select_value("SELECT IS_USED_LOCK(#{ar.quote(name_of(m))})"))
+        expect(holder).not_to eq(ar_id)
+        expect(server.sql("SELECT USER, DB FROM information_schema.PROCESSLIST WHERE ID = #{holder}")).to eq([%w[app appdb]])
+        expect(m.unlock).to be(true)
+        # The same settings with another password are refused by the server: the password is the connection's.
+        wrong = MySQLMutex.new("creds", 1, false, ActiveRecord::Base.connection_db_config.configuration_hash.merge(password: "wrong"))
+        expect { wrong.lock }.to raise_error(MegaMutex::ConnectionError, /Access denied/)
+      ensure
+        ActiveRecord::Base.remove_connection
+        server.stop
+      end
+    end
+
     it "reads a url (DATABASE_URL style) as ActiveRecord does" do
       ar, ar_id = connect(host: "127.0.0.1", port: db.port)
       url = "trilogy://root@127.0.0.1:#{db.port}/#{database}?encoding=utf8mb4&pool=5"
