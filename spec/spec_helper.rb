@@ -18,9 +18,11 @@ RSpec.configure do |config|
   config.example_status_persistence_file_path = ".rspec_status"
   config.include SpecHelpers
 
-  # One memcached for the whole suite; specs that break servers start their own.
+  # One memcached for the whole suite, started with -M as production servers
+  # should be (no example then sees the eviction warning for a server
+  # without it); specs that break servers start their own.
   config.before(:suite) do
-    SpecHelpers.memcached = MemcachedServer.new.start
+    SpecHelpers.memcached = MemcachedServer.new(args: %w[-M]).start
     ENV["MEMCACHE_SERVERS"] = SpecHelpers.memcached.address
   end
 
