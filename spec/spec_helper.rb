@@ -11,9 +11,6 @@ require_relative "support/native_client_helpers"
 
 RSpec.configure do |config|
   config.disable_monkey_patching!
-  # bin/valgrind: the :mysql store's specs are left out (valgrind cannot
-  # follow libmariadb's stack switching; see bin/valgrind).
-  config.exclude_pattern = "**/mysql_*_spec.rb" if ENV["MEGA_MUTEX_UNDER_VALGRIND"]
   config.expect_with(:rspec) { |c| c.syntax = :expect }
   config.example_status_persistence_file_path = ".rspec_status"
   config.include SpecHelpers

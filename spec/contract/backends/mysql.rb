@@ -4,8 +4,6 @@
 # time a :mysql example runs). A lease is lost by killing the holder's
 # session from another connection, as a DBA's KILL, a crash of the session's
 # server thread or a network cut would.
-return if ENV["MEGA_MUTEX_UNDER_VALGRIND"] # see bin/valgrind
-
 ContractBackend.register(
   :mysql,
   processes: true,
