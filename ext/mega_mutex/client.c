@@ -24,8 +24,8 @@
 #define MM_TTL_MAX 2592000 /* no store keeps a lease longer (each says its own limit: max_ttl) */
 
 static VALUE cClient;
-static VALUE eError, eConnectionError, eServerError;
-static ID id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown, id_iv_fencing_token;
+static VALUE eError, eConnectionError, eServerError, eDeadlockError;
+static ID id_iv_id, id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown, id_iv_fencing_token;
 
 typedef struct {
   mm_store *store;
@@ -139,8 +139,16 @@ static void check_ttl(const mm_store *store, unsigned ttl) {
     rb_raise(rb_eArgError, "ttl must be 1 to %u seconds for %s (got %u)", store->ops->max_ttl, store->ops->name, ttl);
 }
 
-/* Raise the store's last error; the client must have been given back. */
-static void raise_store_error(mm_store *s, mm_status st) {
+/* Raise the store's last error; the client must have been given back.
+ * MM_ERR_DEADLOCK is DeadlockError (a ServerError) naming the mutex id:
+ * `state`'s @id when it has one (a Lock's hold does), else nil. */
+static void raise_store_error(mm_store *s, mm_status st, VALUE state) {
+  if (st == MM_ERR_DEADLOCK) {
+    VALUE kw = rb_hash_new();
+    rb_hash_aset(kw, ID2SYM(rb_intern("id")), NIL_P(state) ? Qnil : rb_attr_get(state, id_iv_id));
+    VALUE args[2] = {rb_str_new_cstr(s->error), kw};
+    rb_exc_raise(rb_funcallv_kw(eDeadlockError, rb_intern("new"), 2, args, RB_PASS_KEYWORDS));
+  }
   rb_raise(st == MM_ERR_CONNECTION ? eConnectionError : eServerError, "%s", s->error);
 }
 
@@ -339,7 +347,7 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
   default:
     /* The add may have landed although the reply was an error. */
     if (c->store->maybe_applied) rb_ivar_set(state, id_iv_outcome_unknown, Qtrue);
-    raise_store_error(c->store, a.status);
+    raise_store_error(c->store, a.status, state);
     return Qnil; /* not reached */
   }
 }
@@ -410,7 +418,8 @@ static mm_status run_short(VALUE self, short_args *a) {
   a->store = c->store;
   a->waker = &c->waker;
   rb_ensure(short_body, (VALUE) a, short_give_back, (VALUE) c);
-  if (a->status == MM_ERR_CONNECTION || a->status == MM_ERR_SERVER) raise_store_error(c->store, a->status);
+  if (a->status == MM_ERR_CONNECTION || a->status == MM_ERR_SERVER || a->status == MM_ERR_DEADLOCK)
+    raise_store_error(c->store, a->status, Qnil);
   return a->status;
 }
 
@@ -501,7 +510,7 @@ static VALUE client_server_for(VALUE self, VALUE key) {
   unsigned port = 0;
   mm_status st = c->store->ops->locate(c->store, k.bytes, host, sizeof host, &port);
   client_give_back(c);
-  if (st != MM_OK) raise_store_error(c->store, st);
+  if (st != MM_OK) raise_store_error(c->store, st, Qnil);
   return rb_assoc_new(rb_str_new_cstr(host), UINT2NUM(port));
 }
 
@@ -534,9 +543,12 @@ void mm_client_init(VALUE mNative) {
   eError = rb_const_get(mMegaMutex, rb_intern("Error"));
   eConnectionError = rb_const_get(mMegaMutex, rb_intern("ConnectionError"));
   eServerError = rb_const_get(mMegaMutex, rb_intern("ServerError"));
+  eDeadlockError = rb_const_get(mMegaMutex, rb_intern("DeadlockError"));
   rb_gc_register_mark_object(eError);
   rb_gc_register_mark_object(eConnectionError);
   rb_gc_register_mark_object(eServerError);
+  rb_gc_register_mark_object(eDeadlockError);
+  id_iv_id = rb_intern("@id");
   id_iv_version = rb_intern("@version");
   id_iv_attempts = rb_intern("@attempts");
   id_iv_waited = rb_intern("@waited");

@@ -39,7 +39,10 @@ typedef enum {
   MM_INTERRUPTED,    /* Ruby asked the thread to stop (waiting, or a request
                         in progress: see maybe_applied) */
   MM_ERR_CONNECTION, /* server unreachable, timed out, failed mid-request */
-  MM_ERR_SERVER      /* server refused: out of memory, no CAS, protocol */
+  MM_ERR_SERVER,     /* server refused: out of memory, no CAS, protocol */
+  MM_ERR_DEADLOCK    /* (a take on a session store) the server refused the wait:
+                        it would deadlock with another session (MariaDB
+                        ER_LOCK_DEADLOCK); the locks this session holds stay held */
 } mm_status;
 
 typedef struct {

@@ -671,7 +671,7 @@ static mm_status take(my_store *s, mm_bytes key, mm_bytes token, uint32_t ttl, d
     snprintf(detail, sizeof detail, "%s: waiting for %.*s (lock name %s) would deadlock (ER_LOCK_DEADLOCK 1213); "
              "this session keeps the locks it holds", MM_MARIADB_DEADLOCK, (int) key.len, key.ptr, name);
     snprintf(s->base.error, sizeof s->base.error, "%s", detail);
-    return MM_ERR_SERVER;
+    return MM_ERR_DEADLOCK; /* nothing was taken; the session is fine */
   }
   if (st != MM_OK) {
     /* A server error may come after GET_LOCK granted (the companion's

@@ -31,8 +31,9 @@ void mm_mariadb_lock_name(mm_bytes key, char out[65]);
 /* Once per process, with the GVL, before any store is made. 0 on success. */
 int mm_mariadb_library_init(void);
 
-/* The message prefix of a deadlock error (ER_LOCK_DEADLOCK, 1213): the
- * Ruby layer turns a ServerError that starts with it into DeadlockError. */
+/* How the message of a deadlock (ER_LOCK_DEADLOCK, 1213) starts. A take
+ * that would deadlock returns MM_ERR_DEADLOCK, which client.c raises as
+ * MegaMutex::DeadlockError: nothing needs to match this text. */
 #define MM_MARIADB_DEADLOCK "MariaDB deadlock"
 
 #endif
