@@ -6,6 +6,7 @@ require "active_record"
 require "logger"
 require "stringio"
 require "timeout"
+require_relative "support/interrupt_points"
 
 # The distributed_mutex drop-in (lib/mega_mutex/distributed_mutex.rb) on a real MariaDB.
 RSpec.describe "require 'mega_mutex/distributed_mutex'" do
@@ -24,7 +25,7 @@ RSpec.describe "require 'mega_mutex/distributed_mutex'" do
 
   # The name MariaDB knows a MySQLMutex's lock by.
   def name_of(mutex)
-    MegaMutex::Native::Client._mysql_lock_name(mutex.instance_variable_get(:@lock).key)
+    MegaMutex::Native::Client._mysql_lock_name(MegaMutex::Key.for(MegaMutex.configuration.namespace, mutex.key))
   end
 
   # [HOST, DB] of the session `id`, as the server lists it.
@@ -425,6 +426,65 @@ RSpec.describe "require 'mega_mutex/distributed_mutex'" do
       expect(db.lock_holder(name_of(held))).not_to be_nil
       held.unlock
       expect(db.lock_holder(name_of(held))).to be_nil # no queued waiter took it
+    end
+
+    it "13. an interrupt at any point of lock or synchronize leaves nothing held (lock: unless it returned)", :slow do
+      interrupter = InterruptPoints::Interrupter.new(Thread.current)
+      main = Thread.current
+      points = Hash.new(0)
+      late = 0
+      %i[lock synchronize].each do |kind|
+        (1..).each do |k|
+          m = MySQLMutex.new("ipoint")
+          count = 0
+          fired = false
+          trace = TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
+            next unless Thread.current == main && tp.path&.start_with?(InterruptPoints::LIB)
+
+            count += 1
+            next unless count == k
+
+            fired = true
+            @interrupt_point = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
+            interrupter.interrupt_now
+          end
+          returned = false
+          begin
+            trace.enable do
+              kind == :lock ? m.lock : m.synchronize { nil }
+              returned = true
+            end
+          rescue InterruptPoints::Interrupted
+            nil
+          ensure
+            trace.disable
+          end
+          unless fired # the call ran to its end before event k: done with this kind
+            m.unlock if kind == :lock
+            break
+          end
+
+          points[kind] += 1
+          where = "#{kind}, interrupt at event #{k}: #{@interrupt_point}"
+          if kind == :lock && m.locked?
+            # Returned, or interrupted as it returned (Ruby checks there too):
+            # taken and recorded either way, and unlock gives it back.
+            late += 1 unless returned
+            expect(MySQLMutex.active_locks).to eq(Thread.current => { "ipoint" => 1 }), where
+            expect(m.unlock).to be(true), where
+          else
+            expect(returned).to be(false), where if kind == :lock
+            expect(m.locked?).to be(false), where
+          end
+          expect(MySQLMutex.active_locks).to eq({}), where
+          expect(MegaMutex::Lock.holds).to be_empty, where
+          expect(MegaMutex.get_current_lock("ipoint")).to be_nil, where
+        end
+      end
+      expect(points.values).to all(be > 10)
+      expect(late).to be <= 2 # only at the very end of lock (its return)
+    ensure
+      interrupter&.stop
     end
 
     it "14. defines neither GlobalMutex nor the original's require names" do

@@ -56,14 +56,16 @@ require "mega_mutex/active_record_database"
 # 2. Lock names are MegaMutex's ("mm=" + namespace + ":" + key, hashed to at
 #    most 64 bytes when long or not plain), not the bare key: processes on
 #    the original gem do not exclude processes on this one (switch every
-#    process at once), and keys of any length work (the original failed
-#    beyond MySQL 8's 64 characters).
+#    process at once), and keys of any length work (the original's failed
+#    beyond 64 characters on MySQL 5.7+, 192 bytes on MariaDB). A held lock
+#    shows as two named locks in the server: the name and its companion
+#    ("mm~...", which names the holder; docs/mysql.md).
 # 3. Keys are Strings, Symbols or Integers (ArgumentError for others, nil
 #    included, at new); :k and "k" are one lock.
 # 4. Timeouts: nil waits for ever; a negative, non-numeric or String timeout
 #    raises ArgumentError at new (the original sent it to GET_LOCK, where a
 #    negative one waits for ever on MySQL and returns at once on MariaDB,
-#    MDEV-4017, and nil made GET_LOCK return NULL at once: false).
+#    MDEV-4017, and nil made MariaDB's GET_LOCK return NULL at once: false).
 # 5. Nesting is counted per thread (the original: per connection id, so two
 #    threads given one connection both "held" a key).
 # 6. MySQLMutex.new does no I/O (the original asked the server for its
@@ -89,7 +91,9 @@ require "mega_mutex/active_record_database"
 #    still a StandardError) with #id and #timeout; its #to_s is the message
 #    too. MutexLockReleaseFailure is a MegaMutex::Error; neither gem raises it.
 # 13. Interrupts (Timeout, Thread#raise, Ctrl-C) end a wait at once and leave
-#    nothing held; fork: a child never uses its parent's sessions.
+#    nothing held or queued in the server (the original's GET_LOCK ran on in
+#    the server, and could be granted to the connection after the caller
+#    had given up); fork: a child never uses its parent's sessions.
 # 14. Not provided: GlobalMutex (the original's test implementation) and the
 #    require names "distributed_mutex" / "mysql_mutex".
 
@@ -322,26 +326,108 @@ class MySQLMutex < DistributedMutex
   # @raise [ArgumentError] for a bad key, timeout or connection
   def initialize(key, timeout = DEFAULT_TIMEOUT, exception_on_timeout = DEFAULT_EXCEPTION_ON_TIMEOUT, connection = nil)
     super(key, timeout, exception_on_timeout)
-    @lock = MegaMutex::Lock.new(key, timeout: timeout, _store: self.class.store_for(connection))
+    @store = self.class.store_for(connection)
+    @lock = new_lock # validates key and timeout now; the first take uses it
+    @held = [] # this object's takes, innermost last
+  end
+
+  # Takes the lock, waiting up to #timeout seconds (under the caller's
+  # interrupt mask, as MegaMutex::Lock#lock). An interrupt (Timeout,
+  # Thread#raise) or a server error during the call leaves nothing held; one
+  # delivered as the call returns (Ruby checks for interrupts there too) finds
+  # the lock taken and recorded, as one delivered just after the return
+  # would: #locked? is true and #unlock gives it back (#synchronize does).
+  # @return [Boolean] true if taken; false if not (unless exception_on_timeout)
+  # @raise [MutexLockTimeout] when not taken and exception_on_timeout
+  def lock
+    taking = @lock.owned? ? new_lock : @lock
+    begin
+      taking.lock
+      Thread.handle_interrupt(MegaMutex::Lock::DEFER) { record(taking) }
+    rescue MegaMutex::TimeoutError
+      @locked = false
+      raise MutexLockTimeout.new(id: key, timeout: timeout) if exception_on_timeout
+
+      false
+    rescue Exception # rubocop:disable Lint/RescueException
+      # An interrupt that landed after the take (on the way out of the wait,
+      # or once recorded): give it back, so that a raising call holds nothing.
+      Thread.handle_interrupt(MegaMutex::Lock::DEFER) { undo(taking) }
+      raise
+    end
+  end
+
+  # Gives the lock back (true), or says it was not held by this object or
+  # was found lost (false; #locked? then stays true, as in the original).
+  # @return [Boolean]
+  def unlock
+    Thread.handle_interrupt(MegaMutex::Lock::DEFER) do
+      next false unless @locked && (taken = @held.pop)
+
+      released = taken.unlock
+      self.class.track(key, -1)
+      @locked = false if released
+      released
+    end
+  end
+  alias excluse_unlock unlock
+
+  # Runs the block holding the lock (under the caller's interrupt mask), and
+  # gives back what this call took, even when an interrupt came as #lock
+  # returned or as the block ended.
+  # @return [Boolean] true if the block ran, false if the lock was not obtained
+  def synchronize
+    depth = @held.size
+    begin
+      return false unless lock
+
+      yield
+    ensure
+      begin
+        give_back_to(depth)
+      ensure
+        # An interrupt that landed before the line above took effect.
+        give_back_to(depth)
+      end
+    end
+    true
   end
 
   private
 
-  def get_lock
-    @lock.lock
-    self.class.track(key, 1)
-    true
-  rescue MegaMutex::TimeoutError
-    false
+  def new_lock
+    MegaMutex::Lock.new(key, timeout: timeout, _store: @store)
   end
 
-  # Counted off once per take, whether the release found the lock or not (a
-  # second #unlock of a lock found lost must not count off another's take).
-  def release_lock
-    return false unless @lock.owned?
+  # Gives back this object's takes beyond the first `depth`.
+  def give_back_to(depth)
+    Thread.handle_interrupt(MegaMutex::Lock::DEFER) { unlock while @held.size > depth && @locked }
+  end
 
-    released = @lock.unlock
-    self.class.track(key, -1)
-    released
+  # Bookkeeping of a take (interrupts deferred).
+  # @return [true]
+  def record(taking)
+    @held << taking
+    self.class.track(key, 1)
+    @locked = true
+  end
+
+  # Gives back a take that a raising #lock must not leave held (interrupts deferred).
+  def undo(taking)
+    if @held.last.equal?(taking)
+      @held.pop
+      self.class.track(key, -1)
+      @locked = !@held.empty?
+    end
+    taking.unlock if taking.owned?
+  end
+
+  # DistributedMutex's hooks, for code that calls them directly.
+  def get_lock
+    lock
+  end
+
+  def release_lock
+    unlock
   end
 end
