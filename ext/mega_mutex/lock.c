@@ -107,7 +107,10 @@ static mm_status wait_in_store(mm_store *store, mm_bytes key, mm_bytes token, un
                                const mm_wait_policy *policy, mm_lease_record *lease, mm_holder *holder,
                                mm_acquire_stats *stats, double start) {
   stats->attempts = 1;
-  mm_status st = store->ops->try_take(store, key, token, ttl, lease, holder);
+  /* Who holds it matters only if the call ends without the lock: a wait
+   * that follows says so itself when its time runs out, so the try does
+   * not ask (one statement less per waited take on MariaDB). */
+  mm_status st = store->ops->try_take(store, key, token, ttl, lease, policy->timeout != 0 ? NULL : holder);
   if (st == MM_HELD && policy->timeout != 0) {
     stats->attempts = 2;
     /* A bounded wait whose time ran out during the try ends here: a
