@@ -102,6 +102,18 @@ RSpec.describe "require 'mega_mutex/distributed_mutex'" do
     expect { MySQLMutex.new("c", 1, false, { adapter: "postgresql", host: "db" }) }.to raise_error(ArgumentError, /"postgresql" is not MySQL/)
   end
 
+  it "closes the sessions it opened for a connection once MegaMutex is configured again (no session left behind per configure)" do
+    settings = { "host" => "127.0.0.1", "port" => db.port, "username" => "root" }
+    cycle = -> { MySQLMutex.new("cfg", 1, false, settings).then { |m| [m.lock, m.unlock] } }
+    expect(cycle.call).to eq([true, true])
+    sessions = db.sessions.size # the pool keeps its idle session
+    3.times do |i|
+      MegaMutex.configure { |c| c.lock_ttl = 20 + i }
+      expect(cycle.call).to eq([true, true])
+    end
+    wait_for(within: 10, message: "the old pools' sessions to close") { db.sessions.size == sessions }
+  end
+
   it "refuses a key this thread holds through another server's settings (adopting it would not lock that server)" do
     other = Servers::MariaDB.new.start
     begin

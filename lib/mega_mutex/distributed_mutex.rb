@@ -232,6 +232,7 @@ class MySQLMutex < DistributedMutex
 
   @active = {}
   @stores = {}
+  @stores_config = nil
   @registry_mutex = Mutex.new
 
   class << self
@@ -252,15 +253,24 @@ class MySQLMutex < DistributedMutex
 
     # @api private
     # @return [Array(MegaMutex::Configuration, MegaMutex::Pool), nil] the
-    #   configuration and pool for `connection`; nil for MegaMutex's own
+    #   configuration and pool for `connection` (MegaMutex's settings, that
+    #   server); nil for MegaMutex's own. Once MegaMutex is configured again,
+    #   the pools made from the old configuration are closed, as MegaMutex's
+    #   own is (a lock held through one keeps its session until released).
     # @raise [ArgumentError] for a connection that names no MySQL server
     def store_for(connection)
       settings = settings_of(connection)
       return nil if settings.nil?
 
+      current = MegaMutex.configuration
       @registry_mutex.synchronize do
-        @stores[[settings.to_h, MegaMutex.configuration]] ||= begin
-          config = MegaMutex.configuration.dup
+        unless @stores_config.equal?(current)
+          @stores.each_value { |(_, pool)| pool.close }
+          @stores.clear
+          @stores_config = current
+        end
+        @stores[settings.to_h] ||= begin
+          config = current.dup
           config.backend = :mysql
           config.mysql_settings = settings.to_h
           config.validate!.freeze
