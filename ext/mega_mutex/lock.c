@@ -46,7 +46,7 @@ void mm_waker_destroy(mm_waker *w) {
 }
 
 void mm_waker_reset(mm_waker *w) {
-  if (__atomic_exchange_n(&w->interrupted, 0, __ATOMIC_SEQ_CST)) {
+  if (__atomic_exchange_n(&w->interrupted, 0, __ATOMIC_SEQ_CST) && w->fd >= 0) { /* -1: closed with its client */
     uint64_t drained;
     while (read(w->fd, &drained, sizeof drained) > 0) {
     }
@@ -58,8 +58,10 @@ void mm_waker_wake(void *arg) {
   int saved = errno; /* may run in a signal handler */
   __atomic_store_n(&w->interrupted, 1, __ATOMIC_SEQ_CST);
   uint64_t one = 1;
-  ssize_t n = write(w->fd, &one, sizeof one);
-  (void) n; /* EAGAIN means it is already readable: fine */
+  if (w->fd >= 0) {
+    ssize_t n = write(w->fd, &one, sizeof one);
+    (void) n; /* EAGAIN means it is already readable: fine */
+  }
   errno = saved;
 }
 
