@@ -36,6 +36,8 @@ RSpec.describe "MegaMutex::Railtie and backend :mysql" do
       ENV["DATABASE_URL"] = "trilogy://u@urlhost:3308/x"
       yml = { "production" => { "adapter" => "mysql2", "host" => "yml-host", "database" => "y" } }
       expect(railtie.mysql_database_settings(yml, "production")).to include(host: "urlhost", port: 3308, database: "x")
+      # No config/database.yml (Rails reads {}): DATABASE_URL alone.
+      expect(railtie.mysql_database_settings({}, "production")).to eq(host: "urlhost", port: 3308, username: "u", database: "x")
     ensure
       %w[DATABASE_URL RAILS_ENV].each { |k| saved.key?(k) ? ENV[k] = saved[k] : ENV.delete(k) }
     end
