@@ -25,11 +25,8 @@ module MegaMutex
           hold.client = session.client
           session.client._acquire(hold, @key, hold.token, hold.ttl, timeout, @config.backoff_min, @config.backoff_max)
         end
-      rescue ServerError => e
-        raise DeadlockError.new(e.message, id: @id) if e.message.start_with?(MYSQL_DEADLOCK)
-
-        session.broken!
-        raise
+      rescue DeadlockError
+        raise # the session is fine, and keeps the locks it holds
       rescue Error
         session.broken!
         MegaMutex.forked! if MegaMutex.pid != Process.pid
@@ -43,10 +40,6 @@ module MegaMutex
       end
       hold
     end
-
-    # The message a deadlock's ServerError starts with (store_mariadb.h).
-    MYSQL_DEADLOCK = "MariaDB deadlock"
-    private_constant :MYSQL_DEADLOCK
 
     # @return [Boolean] taken (or already held by this thread)
     def acquire(timeout)
