@@ -182,12 +182,19 @@ module MegaMutex
         finished = true
         result
       ensure
-        @pin = false
-        # @depth grows only once the lock is ours, even when an interrupt cut
-        # lock() short right after: release exactly what this call took, with
-        # interrupts deferred so the release itself is never cut short. This
-        # is the cycle's one interrupt mask.
-        Thread.handle_interrupt(DEFER) { release_after_block(finished) } if @depth > depth_before
+        begin
+          @pin = false
+          # @depth grows only once the lock is ours, even when an interrupt cut
+          # lock() short right after: release exactly what this call took, with
+          # interrupts deferred so the release itself is never cut short. This
+          # is the cycle's one interrupt mask.
+          Thread.handle_interrupt(DEFER) { release_after_block(finished) } if @depth > depth_before
+        ensure
+          # An interrupt that landed before that mask was in place (where
+          # Ruby checks for one there: under a TracePoint, at any event)
+          # left the lock held: released now, and the interrupt goes on.
+          Thread.handle_interrupt(DEFER) { release_after_block(false) } if @depth > depth_before
+        end
       end
     end
 

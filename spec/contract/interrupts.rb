@@ -101,6 +101,12 @@ RSpec.shared_examples "contract: interrupts" do
         expect(leaked).to eq([])
       end
 
+      it "Lock#synchronize (with_distributed_mutex): an interrupt at any point leaves nothing held" do
+        inside, leaked = every_point(:synchronize, "every-sync") { expect(MegaMutex::Lock.holds).to be_empty }
+        expect(inside.size).to be > 10
+        expect(leaked).to eq([])
+      end
+
       it "an interrupt at any point inside a nested Lock#lock keeps the outer hold" do
         outer = MegaMutex::Lock.new("nested").tap(&:lock)
         token = outer.holder

@@ -55,9 +55,9 @@ module InterruptPoints
     end
   end
 
-  # Calls lock.lock (or try_lock) with an interrupt at its k-th event.
+  # Calls lock.lock (try_lock, synchronize) with an interrupt at its k-th event.
   # @param lock [MegaMutex::Lock]
-  # @param kind [Symbol] :lock or :try_lock
+  # @param kind [Symbol] :lock, :try_lock or :synchronize (an empty block)
   # @param k [Integer] the event to interrupt at (1-based)
   # @param interrupter [Interrupter] one for the current thread
   # @param timeout [Numeric, nil] passed to lock
@@ -81,10 +81,10 @@ module InterruptPoints
     delivered = false
     begin
       trace.enable do
-        if kind == :lock
-          lock.lock(timeout: timeout)
-        else
-          lock.try_lock
+        case kind
+        when :lock then lock.lock(timeout: timeout)
+        when :try_lock then lock.try_lock
+        else lock.synchronize(timeout: timeout) { nil }
         end
         returned = true # nothing between the call's return and here lets an interrupt in
       end
@@ -101,7 +101,9 @@ module InterruptPoints
     # returns without an interrupt check: an interrupt either comes out of
     # the call with nothing held, or is delivered after `returned = true`.
     inside = fired && !returned
-    leaked = inside && lock.owned?
+    # synchronize gives back what it took however it ends: nothing may be
+    # held after it, whether the interrupt came out of it or not.
+    leaked = (inside || kind == :synchronize) && lock.owned?
     lock.unlock while lock.owned?
     [fired, inside, leaked]
   end
