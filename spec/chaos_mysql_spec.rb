@@ -12,7 +12,7 @@ require "tmpdir"
 # (the figures are the script's report).
 chaos_mysql_skip =
   if ENV["MEGA_MUTEX_UNDER_VALGRIND"]
-    "the :mysql store is left out under valgrind (it cannot follow libmariadb's stack switching; see bin/valgrind)"
+    "under valgrind: the run's work is done in subprocesses valgrind does not follow"
   elsif !Servers::MariaDB.available?
     "mariadbd (and the mariadb client) are not installed: apt-get install mariadb-server mariadb-client"
   end
