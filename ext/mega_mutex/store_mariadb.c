@@ -38,7 +38,10 @@
  * QUERY for the session, and the reply is read all the same: a grant that
  * raced the kill is given back before MM_INTERRUPTED is returned. Any
  * doubt (no reply, a failed clean-up) ends the session, which frees all it
- * had.
+ * had. A grant read more than wait_timeout - 1 s after its GET_LOCK was
+ * sent is asked about again first (confirm_grant): a process stopped with
+ * the grant in its socket may find its session dropped and the lock given
+ * to another; the grant is then void, and the wait goes on.
  *
  * The keeper. A holding session must not fall silent for wait_timeout
  * seconds, whatever Ruby does: the renewer's refresh (lib/mega_mutex/
@@ -633,6 +636,38 @@ static void give_back_if_ours(my_store *s, const char *qn, const char *qc) {
   if (s->conn) session_drop(s);
 }
 
+/*
+ * A grant read so long after its GET_LOCK was sent that the session may
+ * have sat silent for wait_timeout since the server granted it (this
+ * process was stopped with the reply in its socket): the server then
+ * dropped the session, freed the lock and may have granted it to another.
+ * Asked on the session before the grant counts. MM_OK: still ours.
+ * MM_HELD: void (a waiter waits on; a session that held nothing else is
+ * replaced at the next try). An error otherwise; a session that had other
+ * locks lost them with it, which the error says.
+ */
+static mm_status confirm_grant(my_store *s, const char *qn, const char *qc, unsigned held_before) {
+  char q[300];
+  snprintf(q, sizeof q, "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", qn);
+  my_row row;
+  unsigned code;
+  mm_status st = session_exec(s, q, 0, CANCEL_IGNORE, &row, &code, NULL);
+  if (st == MM_OK && row.cols >= 1 && !row.null[0] && atoi(row.val[0]) == 1) return MM_OK;
+  if (st == MM_OK) {
+    give_back_if_ours(s, qn, qc); /* the companion, if the session still has it */
+    return MM_HELD;
+  }
+  if (st == MM_ERR_CONNECTION && held_before == 0) return MM_HELD;
+  if (st == MM_ERR_CONNECTION)
+    set_error(s, "MariaDB at %s: %s (%u)",
+              "the session ended while a grant waited to be read (this process paused longer than the lease?): "
+              "the locks it held are lost",
+              0);
+  else if (s->conn)
+    give_back_if_ours(s, qn, qc);
+  return st;
+}
+
 /* One GET_LOCK of `key` with `wait` seconds (0: try once). */
 static mm_status take(my_store *s, mm_bytes key, mm_bytes token, uint32_t ttl, double wait, int in_wait,
                       mm_lease_record *lease, int *was_killed) {
@@ -655,6 +690,8 @@ static mm_status take(my_store *s, mm_bytes key, mm_bytes token, uint32_t ttl, d
   my_row row;
   unsigned code;
   int killed = 0;
+  unsigned held_before = s->holding;
+  double sent = mm_monotonic();
   st = session_exec(s, q, wait, in_wait ? CANCEL_KILL : CANCEL_ABORT, &row, &code, &killed);
   *was_killed = killed;
   if (st == MM_ERR_CONNECTION && !fresh && s->holding == 0 && !in_wait) {
@@ -685,6 +722,10 @@ static mm_status take(my_store *s, mm_bytes key, mm_bytes token, uint32_t ttl, d
     /* The waker fired: whatever the reply, nothing stays held. */
     if (s->conn) give_back_if_ours(s, qn, with_companion ? qc : NULL);
     return MM_INTERRUPTED;
+  }
+  if (r >= 1 && mm_monotonic() - sent > (double) (s->session_ttl + WAIT_MARGIN) - 1.0) {
+    st = confirm_grant(s, qn, with_companion ? qc : NULL, held_before);
+      if (st != MM_OK) return st;
   }
   if (r >= 1) {
     my_lease ml = {LEASE_MAGIC, s->generation, s->conn_id, with_companion && r == 2};
@@ -738,7 +779,7 @@ static mm_status my_wait_take(mm_store *st, mm_bytes key, mm_bytes token, uint32
     if (slice < 0.001) slice = 0.001;
     int killed;
     mm_status r = take(s, key, token, ttl, slice, 1, lease, &killed);
-    if (r != MM_HELD) return r;
+      if (r != MM_HELD) return r;
   }
   mm_status h = fill_holder(s, key, holder);
   if (h == MM_INTERRUPTED) return MM_INTERRUPTED;
