@@ -165,7 +165,17 @@ typedef struct {
 /* Returns NULL and fills errbuf on failure. May be called without the GVL. */
 mm_store *mm_memcached_store_new(const mm_memcached_options *opts, char *errbuf, size_t errlen);
 
-int mm_key_valid(mm_bytes key);
-int mm_token_valid(mm_bytes token);
+/* Keys and tokens every store takes: 1 to MM_KEY_MAX (tokens: MM_TOKEN_MAX)
+ * bytes of printable ASCII without spaces. */
+static inline int mm_key_valid(mm_bytes key) {
+  if (key.len == 0 || key.len > MM_KEY_MAX) return 0;
+  for (size_t i = 0; i < key.len; i++) {
+    unsigned char c = (unsigned char) key.ptr[i];
+    if (c <= 0x20 || c >= 0x7f) return 0;
+  }
+  return 1;
+}
+
+static inline int mm_token_valid(mm_bytes token) { return token.len <= MM_TOKEN_MAX && mm_key_valid(token); }
 
 #endif

@@ -89,19 +89,6 @@ typedef struct {
   mmc_call call; /* the request in progress: its deadline, grace, retryability */
 } mm_memcached_store;
 
-int mm_key_valid(mm_bytes key) {
-  if (key.len == 0 || key.len > MM_KEY_MAX) return 0;
-  for (size_t i = 0; i < key.len; i++) {
-    unsigned char c = (unsigned char) key.ptr[i];
-    if (c <= 0x20 || c >= 0x7f) return 0;
-  }
-  return 1;
-}
-
-int mm_token_valid(mm_bytes token) {
-  return token.len <= MM_TOKEN_MAX && mm_key_valid(token);
-}
-
 /* ---- requests ---------------------------------------------------------- */
 
 /* The server of `key` (libmemcached's continuum: pure computation). A
