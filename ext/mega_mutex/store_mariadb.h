@@ -25,8 +25,16 @@ typedef struct {
  * Returns NULL and fills errbuf on failure. No I/O; no Ruby API. */
 mm_store *mm_mariadb_store_new(const mm_mariadb_options *opts, char *errbuf, size_t errlen);
 
-/* The lock name MariaDB sees for `key` (at most 64 bytes + NUL). */
+/* The lock name MariaDB sees for `key` (at most 64 bytes + NUL);
+ * mariadb_names.c. */
 void mm_mariadb_lock_name(mm_bytes key, char out[65]);
+
+#define MM_MARIADB_COMPANION_MAX 192 /* MariaDB's limit on a lock name */
+
+/* The companion of lock `name` for `token` into out (MM_MARIADB_COMPANION_MAX
+ * + 1); its LIKE prefix ("mm~" + 16 hex + "~") into prefix (21 bytes). 0
+ * when the token is too long for one (prefix is filled all the same). */
+int mm_mariadb_companion_name(const char *name, mm_bytes token, char *out, char *prefix);
 
 /* Once per process, with the GVL, before any store is made. 0 on success. */
 int mm_mariadb_library_init(void);
