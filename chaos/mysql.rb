@@ -33,7 +33,7 @@ require_relative "support/mysql_report"
 
 module MysqlChaos
   # What the store adds to lock_ttl for the session's wait_timeout
-  # (WAIT_MARGIN in ext/mega_mutex/store_mariadb.c): the lease.
+  # (WAIT_MARGIN in ext/mega_mutex/mariadb_session.h): the lease.
   WAIT_MARGIN = 2
   SCENARIOS = %w[kill pause server].freeze
 

@@ -77,10 +77,10 @@ void mm_mariadb_keeper_update(my_store *s) {
     if (keeper_state == 0) {
       pthread_t t;
       pthread_attr_t attr;
-      int ok = pthread_attr_init(&attr) == 0;
-      ok = ok && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
+      int inited = pthread_attr_init(&attr) == 0;
+      int ok = inited && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
       ok = ok && pthread_create(&t, &attr, keeper_main, NULL) == 0;
-      if (ok) pthread_attr_destroy(&attr);
+      if (inited) pthread_attr_destroy(&attr);
       keeper_state = ok ? 1 : -1;
       if (!ok) keeper_unlink(s);
     }
