@@ -127,36 +127,19 @@ module MysqlChaos
       @lease = opts.ttl + WAIT_MARGIN
     end
 
-    def run
-      t0 = Chaos.now
+    private
+
+    def start_server
       @server = Servers::MariaDB.new.start
       @version = @server.sql("SELECT VERSION()").dig(0, 0)
       @url = @opts.socket ? @server.socket_url : @server.url
-      MegaMutex.reset_configuration!
-      MegaMutex.configure do |c|
-        c.backend = :mysql
-        c.mysql_url = @url
-        c.namespace = "chaos#{@opts.seed}"
-        c.lock_ttl = @opts.ttl
-        c.io_timeout = @opts.io_timeout
-        c.connect_timeout = @opts.io_timeout
-        c.default_timeout = 30
-        c.on_lock_lost = :raise
-      end
-      puts header
-      $stdout.flush
-      @opts.scenarios.each do |name|
-        @results[name] = send("scenario_#{name}")
-        $stdout.flush
-      end
-      verdict = report(Chaos.now - t0)
-      write_json(verdict) if @opts.json
-      verdict[:pass] ? 0 : 1
-    ensure
-      @server&.stop
     end
 
-    private
+    def store_settings(config)
+      config.backend = :mysql
+      config.mysql_url = @url
+    end
+
 
     def header
       "MegaMutex chaos, backend :mysql: MariaDB #{@version} on #{@opts.socket ? @server.socket_path : @server.address}, " \

@@ -390,15 +390,15 @@ module Chaos
 
     def run
       t0 = Chaos.now
-      @server = Servers::Memcached.new(args: ["-M", "-m", "64"]).start
-      @version = @server.stats["version"]
+      start_server
       MegaMutex.configure do |c|
-        c.memcache_servers = [@server.address]
+        store_settings(c)
         c.namespace = "chaos#{@opts.seed}"
         c.lock_ttl = @opts.ttl
         c.io_timeout = @opts.io_timeout
         c.connect_timeout = @opts.io_timeout
         c.default_timeout = 30
+        c.on_lock_lost = :raise
       end
       puts header
       $stdout.flush
@@ -414,6 +414,18 @@ module Chaos
     end
 
     private
+
+    # The server the workers lock on (@server, stopped at the end of #run)
+    # and its version for the report.
+    def start_server
+      @server = Servers::Memcached.new(args: ["-M", "-m", "64"]).start
+      @version = @server.stats["version"]
+    end
+
+    # The settings that point MegaMutex at @server.
+    def store_settings(config)
+      config.memcache_servers = [@server.address]
+    end
 
     def header
       "MegaMutex chaos: memcached #{@version} on #{@server.address} (-M), lock_ttl #{@opts.ttl} s " \
@@ -798,13 +810,16 @@ module Chaos
       end
     end
 
+    # Keys of a scenario's result that the JSON gives in a form of its own, or not at all.
+    JSON_REWRITTEN = %i[overlaps faults started outcomes].freeze
+
     def write_json(verdict)
       data = {
-        options: @opts.to_h.merge(kill_every: @opts.kill_every.to_s), memcached: @version,
+        options: @opts.to_h.merge(kill_every: @opts.kill_every.to_s), **json_server,
         pass: verdict[:pass], problems: verdict[:problems], total_wall: verdict[:total_wall],
         scenarios: @results.transform_values do |r|
-          r.reject { |key, _| %i[overlaps faults started].include?(key) }.merge(
-            faults: r[:faults].map { |f| f.to_h.merge(start: (f.start - r[:started]).round(3), stop: (f.stop - r[:started]).round(3)) },
+          r.reject { |key, _| JSON_REWRITTEN.include?(key) }.merge(
+            faults: r[:faults].map { |f| json_fault(r, f) },
             overlaps: r[:overlaps].map do |o|
               { a: o.a.sid, a_outcome: o.a.outcome, b: o.b.sid, b_outcome: o.b.outcome, ms: (o.length * 1000).round(3),
                 window: o.window && "#{o.window.kind}##{o.window.n}" }
@@ -813,6 +828,16 @@ module Chaos
         end
       }
       File.write(@opts.json, JSON.pretty_generate(data))
+    end
+
+    # @return [Hash] the server's name and version, for the JSON
+    def json_server
+      { memcached: @version }
+    end
+
+    # A fault for the JSON: its times from the scenario's start.
+    def json_fault(result, fault)
+      fault.to_h.merge(start: (fault.start - result[:started]).round(3), stop: (fault.stop - result[:started]).round(3))
     end
   end
 end

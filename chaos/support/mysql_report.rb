@@ -93,24 +93,13 @@ module MysqlChaos
       result[:outcomes][fault.sid] || "?"
     end
 
-    def write_json(verdict)
-      data = {
-        options: @opts.to_h.merge(kill_every: @opts.kill_every.to_s), mariadb: @version,
-        pass: verdict[:pass], problems: verdict[:problems], total_wall: verdict[:total_wall],
-        scenarios: @results.transform_values do |r|
-          r.reject { |key, _| %i[overlaps faults started outcomes].include?(key) }.merge(
-            faults: r[:faults].map do |f|
-              f.to_h.merge(start: (f.start - r[:started]).round(3), stop: (f.stop - r[:started]).round(3),
-                           told: f.targeted ? outcome_of(r, f) : nil)
-            end,
-            overlaps: r[:overlaps].map do |o|
-              { a: o.a.sid, a_outcome: o.a.outcome, b: o.b.sid, b_outcome: o.b.outcome, ms: (o.length * 1000).round(3),
-                window: o.window && "#{o.window.kind}##{o.window.n}" }
-            end
-          )
-        end
-      }
-      File.write(@opts.json, JSON.pretty_generate(data))
+    def json_server
+      { mariadb: @version }
+    end
+
+    # A fault for the JSON, with what the holder it hit was told.
+    def json_fault(result, fault)
+      super.merge(told: fault.targeted ? outcome_of(result, fault) : nil)
     end
   end
 end
