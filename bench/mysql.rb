@@ -39,12 +39,12 @@ $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "optparse"
 require "json"
 require "time"
-require "tmpdir"
 require "fileutils"
 require "etc"
 require "mega_mutex"
 require_relative "../spec/support/servers"
 require_relative "mysql_contenders"
+require_relative "workers"
 require_relative "mysql_report"
 
 module Bench
@@ -234,67 +234,13 @@ module Bench
 
       # -- worker processes --
 
-      # Forks `count` workers that build their lock, warm up on a key of
-      # their own, say they are ready, wait at the start barrier, then run
-      # the block with the lock; returns each worker's result and the
-      # requests the server counted meanwhile.
+      # Runs `count` workers (bench/workers.rb) that each run the block with
+      # their lock; returns each worker's result and the requests the server
+      # counted meanwhile.
       def workers(name, count)
-        dir = Dir.mktmpdir("bench-mysql")
-        ready_r, ready_w = IO.pipe
-        go_r, go_w = IO.pipe
-        pids = Array.new(count) do |i|
-          pid = fork do
-            ready_r.close
-            go_w.close
-            status = 0
-            begin
-              lock = MySQLContenders.build(name, @servers)
-              lock.synchronize("warm-#{Process.pid}") {}
-              GC.start
-              ready_w.write("r")
-              ready_w.close
-              go_r.read # EOF when the parent closes its end: everybody starts together
-              File.binwrite(File.join(dir, "#{i}.bin"), Marshal.dump(yield(lock)))
-            rescue Exception => e # rubocop:disable Lint/RescueException
-              File.write(File.join(dir, "#{i}.err"), "#{e.class}: #{e.message}\n#{e.backtrace&.first(5)&.join("\n")}")
-              status = 1
-            end
-            exit!(status)
-          end
-          @children << pid
-          pid
-        end
-        ready_w.close
-        go_r.close
-        got = 0
-        deadline = MySQLBench.now + 30 + count
-        while got < count && MySQLBench.now < deadline
-          next unless ready_r.wait_readable(1)
-
-          chunk = ready_r.read_nonblock(64, exception: false)
-          break if chunk.nil?
-
-          got += chunk.size unless chunk == :wait_readable
-        end
-        raise "#{name}: only #{got}/#{count} workers got ready#{errors(dir)}" if got < count
-
-        before = requests(name)
-        go_w.close
-        statuses = pids.map { |pid| Process.wait2(pid)[1] }
-        @children -= pids
-        after = requests(name)
-        raise "#{name}: #{statuses.count { |s| !s.success? }} worker(s) failed#{errors(dir)}" unless statuses.all?(&:success?)
-
-        results = Array.new(count) { |i| Marshal.load(File.binread(File.join(dir, "#{i}.bin"))) } # rubocop:disable Security/MarshalLoad -- our own children
+        results, before, after = BenchWorkers.run(name, count, build: -> { MySQLContenders.build(name, @servers) },
+                                                               children: @children, measure: -> { requests(name) }) { |lock, _| yield(lock) }
         [results, after - before]
-      ensure
-        [ready_r, ready_w, go_r, go_w].each { |io| io&.close unless io&.closed? }
-        FileUtils.rm_rf(dir) if dir
-      end
-
-      def errors(dir)
-        errs = Dir[File.join(dir, "*.err")].map { |f| File.read(f) }
-        errs.empty? ? "" : ":\n#{errs.first(3).join("\n")}"
       end
 
       def kill_children

@@ -32,6 +32,7 @@ require "time"
 require "mega_mutex"
 require_relative "servers"
 require_relative "contenders"
+require_relative "workers"
 
 module Bench
   ROOT = File.expand_path("..", __dir__)
@@ -286,69 +287,19 @@ module Bench
 
     # -- worker processes --
 
-    # Forks `count` workers that each build their lock, warm up on a key of
-    # their own, report ready, wait at the start barrier (a pipe the parent
-    # closes), then run `body` for `seconds`. Returns each worker's result.
+    # Runs `count` workers (bench/workers.rb) that each loop `hold` on their
+    # key for `seconds`. Returns each worker's result and the server's
+    # requests meanwhile.
     def run_workers(name, count, seconds, key_for:, hold:, threads: 1)
-      dir = Dir.mktmpdir("bench-workers")
-      ready_r, ready_w = IO.pipe
-      go_r, go_w = IO.pipe
-      pids = Array.new(count) do |i|
-        pid = fork do
-          ready_r.close
-          go_w.close
-          status = 0
-          begin
-            lock = Contenders.build(name, @ctx)
-            lock.synchronize("warm-#{Process.pid}") {}
-            GC.start
-            ready_w.write("r")
-            ready_w.close
-            go_r.read # EOF when the parent closes the pipe: everybody starts together
-            result = threads == 1 ? worker_loop(lock, key_for.call(i), hold, seconds) : threads_loop(lock, key_for.call(i), hold, seconds, threads)
-            File.binwrite(File.join(dir, "#{i}.bin"), Marshal.dump(result))
-          rescue Exception => e # rubocop:disable Lint/RescueException
-            File.write(File.join(dir, "#{i}.err"), "#{e.class}: #{e.message}\n#{e.backtrace&.first(5)&.join("\n")}")
-            status = 1
-          end
-          exit!(status)
+      results, before, after = BenchWorkers.run(name, count, build: -> { Contenders.build(name, @ctx) }, children: @children,
+                                                             measure: -> { requests_for(name) }) do |lock, i|
+        if threads == 1
+          worker_loop(lock, key_for.call(i), hold, seconds)
+        else
+          threads_loop(lock, key_for.call(i), hold, seconds, threads)
         end
-        @children << pid
-        pid
       end
-      ready_w.close
-      go_r.close
-      got = 0
-      deadline = Bench.now + 30 + count
-      while got < count
-        raise "workers did not get ready (#{got}/#{count})#{worker_errors(dir)}" if Bench.now > deadline
-        next unless ready_r.wait_readable(1) # a loaded machine: workers may take seconds to get ready
-
-        chunk = ready_r.read_nonblock(4096, exception: false)
-        break if chunk.nil?
-
-        got += chunk.size unless chunk == :wait_readable
-      end
-      ready_r.close
-      raise "only #{got}/#{count} workers got ready#{worker_errors(dir)}" if got < count
-
-      before = requests_for(name)
-      go_w.close
-      statuses = pids.map { |pid| Process.wait2(pid)[1] }
-      @children -= pids
-      after = requests_for(name)
-      raise "#{statuses.count { |s| !s.success? }} worker(s) failed#{worker_errors(dir)}" unless statuses.all?(&:success?)
-
-      results = Array.new(count) { |i| Marshal.load(File.binread(File.join(dir, "#{i}.bin"))) } # rubocop:disable Security/MarshalLoad
       [results, request_delta(name, before, after)]
-    ensure
-      [ready_r, ready_w, go_r, go_w].each { |io| io&.close unless io&.closed? }
-      FileUtils.rm_rf(dir) if dir
-    end
-
-    def worker_errors(dir)
-      errs = Dir[File.join(dir, "*.err")].map { |f| File.read(f) }
-      errs.empty? ? "" : ":\n#{errs.first(3).join("\n")}"
     end
 
     def worker_loop(lock, key, hold, seconds)
