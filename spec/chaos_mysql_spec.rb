@@ -1,8 +1,7 @@
 # frozen_string_literal: true
 
 require "spec_helper"
-require "json"
-require "tmpdir"
+require_relative "support/chaos_runner"
 
 # chaos/mysql.rb (backend :mysql) in its quick form, run as a subprocess that
 # starts its own mariadbd: holders killed with kill -9, holders stopped
@@ -18,25 +17,10 @@ chaos_mysql_skip =
   end
 
 RSpec.describe "chaos/mysql.rb (the :mysql backend)", skip: chaos_mysql_skip do
-  # Runs the script; returns [output, status, results from --json]. Its
-  # section logs go under a temporary directory (kept there when a run
-  # fails). Stopped with TERM (it then stops its workers and its mariadbd)
-  # if it runs past `timeout`.
+  include ChaosRunner
+
   def run_mysql_chaos(*args, timeout: 150)
-    command = [RbConfig.ruby, "-I", File.join(SpecHelpers::ROOT, "lib"), File.join(SpecHelpers::ROOT, "chaos", "mysql.rb"), *args]
-    Dir.mktmpdir("mm-mchaos") do |dir|
-      json = File.join(dir, "chaos.json")
-      Open3.popen2e({ "TMPDIR" => dir }, *command, "--json", json, chdir: SpecHelpers::ROOT) do |stdin, out, waiter|
-        stdin.close
-        output = Thread.new { out.read }
-        unless waiter.join(timeout)
-          Process.kill(:TERM, waiter.pid)
-          waiter.join
-          raise "chaos/mysql.rb did not finish within #{timeout}s:\n#{output.value}"
-        end
-        [output.value, waiter.value, File.exist?(json) ? JSON.parse(File.read(json)) : {}]
-      end
-    end
+    run_chaos_script("mysql.rb", *args, timeout: timeout)
   end
 
   it "kill -9 of holders, holders paused shorter and longer than the lease, mariadbd killed and shut down: " \

@@ -5,29 +5,13 @@
 # pause shorter than the lease, must never let two processes into the section
 # at once. (Overlaps around a restart are expected - the lock is lost - and
 # only reported.) Assertions are on counts and verdicts, never on timings.
-require "json"
-require "tmpdir"
+require_relative "support/chaos_runner"
 
 RSpec.describe "chaos/run.rb" do
-  # Runs the chaos script; returns [output, status, results from --json].
-  # Its section logs go under a temporary directory (it keeps them when a run
-  # fails). Stopped with TERM (it then stops its workers and its memcached)
-  # if it runs past `timeout`.
+  include ChaosRunner
+
   def run_chaos(*args, timeout: 120)
-    command = [RbConfig.ruby, "-I", File.join(SpecHelpers::ROOT, "lib"), File.join(SpecHelpers::ROOT, "chaos", "run.rb"), *args]
-    Dir.mktmpdir("mm-chaos") do |dir|
-      json = File.join(dir, "chaos.json")
-      Open3.popen2e({ "TMPDIR" => dir }, *command, "--json", json, chdir: SpecHelpers::ROOT) do |stdin, out, waiter|
-        stdin.close
-        output = Thread.new { out.read }
-        unless waiter.join(timeout)
-          Process.kill(:TERM, waiter.pid)
-          waiter.join
-          raise "chaos/run.rb did not finish within #{timeout}s:\n#{output.value}"
-        end
-        [output.value, waiter.value, File.exist?(json) ? JSON.parse(File.read(json)) : {}]
-      end
-    end
+    run_chaos_script("run.rb", *args, timeout: timeout)
   end
 
   it "kill -9 of holders (mostly inside their section): no violation, every section completed" do
@@ -80,20 +64,7 @@ RSpec.describe "chaos/run.rb" do
 
   describe "chaos/quorum.rb (the :quorum backend)" do
     def run_quorum_chaos(*args, timeout: 150)
-      command = [RbConfig.ruby, "-I", File.join(SpecHelpers::ROOT, "lib"), File.join(SpecHelpers::ROOT, "chaos", "quorum.rb"), *args]
-      Dir.mktmpdir("mm-qchaos") do |dir|
-        json = File.join(dir, "chaos.json")
-        Open3.popen2e(*command, "--json", json, chdir: SpecHelpers::ROOT) do |stdin, out, waiter|
-          stdin.close
-          output = Thread.new { out.read }
-          unless waiter.join(timeout)
-            Process.kill(:TERM, waiter.pid)
-            waiter.join
-            raise "chaos/quorum.rb did not finish within #{timeout}s:\n#{output.value}"
-          end
-          [output.value, waiter.value, File.exist?(json) ? JSON.parse(File.read(json)) : {}]
-        end
-      end
+      run_chaos_script("quorum.rb", *args, timeout: timeout)
     end
 
     it "a server killed and restarted empty, flushed, paused shorter and longer than the lease: " \
