@@ -9,22 +9,7 @@ require "stringio"
 # suite's (Servers::MariaDB.shared) and, for restarts and credentials, ones
 # of the example's own.
 RSpec.describe "backend :mysql" do
-  let(:db) { Servers::MariaDB.shared }
-
-  before do
-    skip "mariadbd is not installed" unless Servers::MariaDB.available?
-    use(db)
-  end
-
-  def use(server, **settings)
-    ns = @namespace
-    MegaMutex.configure do |c|
-      c.backend = :mysql
-      c.mysql_url = server.url
-      c.namespace = ns
-      settings.each { |k, v| c.public_send("#{k}=", v) }
-    end
-  end
+  include_context "backend :mysql on the suite's MariaDB"
 
   def lock_name(id)
     MegaMutex::Native::Client._mysql_lock_name(key_for(id))
@@ -119,7 +104,7 @@ RSpec.describe "backend :mysql" do
 
   it "reports the lock lost when its session is killed (lost?, the log, LockLostError)" do
     log = StringIO.new
-    use(db, lock_ttl: 3, logger: Logger.new(log))
+    use_mariadb(db, lock_ttl: 3, logger: Logger.new(log))
     expect do
       MegaMutex.with_distributed_mutex("k") do |lock|
         db.sql("KILL CONNECTION #{db.lock_holder(lock_name('k'))}")
@@ -132,7 +117,7 @@ RSpec.describe "backend :mysql" do
 
   it "reports the lock lost when the server restarts, and takes locks again afterwards" do
     server = Servers::MariaDB.new.start
-    use(server, lock_ttl: 3)
+    use_mariadb(server, lock_ttl: 3)
     begin
       expect do
         MegaMutex.with_distributed_mutex("r") do |lock|
@@ -148,7 +133,7 @@ RSpec.describe "backend :mysql" do
   end
 
   it "keeps a held lock while 16 CPU-bound threads hog the GVL (lock_ttl 1, held 10 s): the keeper needs no GVL", :slow do
-    use(db, lock_ttl: 1, on_lock_lost: :log)
+    use_mariadb(db, lock_ttl: 1, on_lock_lost: :log)
     stop = false
     hogs = Array.new(16) { Thread.new { x = 0; x += 1 until stop } }
     begin

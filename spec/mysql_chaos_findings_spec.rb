@@ -14,20 +14,9 @@ require "timeout"
 # the session first (store_mariadb.c, take): the waiter waits on, and
 # enters only once the other has released.
 RSpec.describe "backend :mysql, a waiter stopped past the lease after its grant", :slow do
-  let(:db) { Servers::MariaDB.shared }
-  let(:id) { "late-waiter" }
+  include_context "backend :mysql on the suite's MariaDB", lock_ttl: 1
 
-  before do
-    skip "mariadbd is not installed" unless Servers::MariaDB.available?
-    ns = @namespace
-    url = db.url
-    MegaMutex.configure do |c|
-      c.backend = :mysql
-      c.mysql_url = url
-      c.namespace = ns
-      c.lock_ttl = 1
-    end
-  end
+  let(:id) { "late-waiter" }
 
   after do
     Array(@children).each do |pid|

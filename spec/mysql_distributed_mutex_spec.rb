@@ -10,18 +10,7 @@ require_relative "support/interrupt_points"
 
 # The distributed_mutex drop-in (lib/mega_mutex/distributed_mutex.rb) on a real MariaDB.
 RSpec.describe "require 'mega_mutex/distributed_mutex'" do
-  let(:db) { Servers::MariaDB.shared }
-
-  before do
-    skip "mariadbd is not installed" unless Servers::MariaDB.available?
-    ns = @namespace
-    url = db.url
-    MegaMutex.configure do |c|
-      c.backend = :mysql
-      c.mysql_url = url
-      c.namespace = ns
-    end
-  end
+  include_context "backend :mysql on the suite's MariaDB"
 
   # The name MariaDB knows a MySQLMutex's lock by.
   def name_of(mutex)

@@ -6,19 +6,7 @@ require "timeout"
 # backend :mysql with holders in other processes that die or stop: the
 # session is the lease.
 RSpec.describe "backend :mysql, holders in other processes" do
-  let(:db) { Servers::MariaDB.shared }
-
-  before do
-    skip "mariadbd is not installed" unless Servers::MariaDB.available?
-    ns = @namespace
-    url = db.url
-    MegaMutex.configure do |c|
-      c.backend = :mysql
-      c.mysql_url = url
-      c.namespace = ns
-      c.lock_ttl = 1
-    end
-  end
+  include_context "backend :mysql on the suite's MariaDB", lock_ttl: 1
 
   # A child process that holds `id` until killed; returns its pid once it holds it.
   def holder_process(id)

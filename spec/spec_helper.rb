@@ -8,6 +8,7 @@ require "open3"
 require_relative "support/memcached_server"
 require_relative "support/helpers"
 require_relative "support/native_client_helpers"
+require_relative "support/mariadb_context"
 
 RSpec.configure do |config|
   config.disable_monkey_patching!
