@@ -221,13 +221,24 @@ module MegaMutex
     # not captured: without a logger a call allocates nothing.
     def log(level)
       logger = @config.logger
+      Lock.log(logger, level) { yield } unless logger.nil?
+    end
+
+    # Logs the block's message through `logger`, if any and if it logs
+    # `level`. A logger that fails must not fail a lock call, a release or
+    # the renewer: its errors are ignored, and interrupts wait (see LOGGING).
+    # @api private
+    # @param logger [Logger, nil]
+    # @param level [Symbol] :debug, :info, :warn or :error
+    # @yieldreturn [String] the message (asked only if it is logged)
+    # @return [void]
+    def self.log(logger, level)
       return if logger.nil?
       # A level the logger leaves out costs neither the message nor the mask
       # (Ruby 3.1 makes a Hash for each handle_interrupt).
       asks = LEVEL_ASKS[level]
       return if logger.respond_to?(asks) && !logger.public_send(asks)
 
-      # A logger that fails must not fail a lock call; interrupts wait (see LOGGING).
       Thread.handle_interrupt(LOGGING) do
         logger.public_send(level) { "MegaMutex: #{yield}" }
       rescue StandardError

@@ -138,16 +138,8 @@ module MegaMutex
       # @param message [String]
       # @return [void]
       def log(level, message)
-        logger = @config.logger
-        return if logger.nil?
-
-        # Logging is best effort: a raising logger must not stop a release
-        # or the renewer. Interrupts wait (see LOGGING).
-        Thread.handle_interrupt(LOGGING) do
-          logger.public_send(level) { "MegaMutex: #{message}" }
-        rescue StandardError
-          nil
-        end
+        # Best effort (Lock.log): a raising logger must not stop a release or the renewer.
+        Lock.log(@config.logger, level) { message }
       end
     end
   end
