@@ -137,6 +137,13 @@ static mm_status io_failed(mmc_call *r, mmc_conn *c, mm_status st, const char *d
 }
 
 mm_status mmc_send_all(mmc_call *r, mmc_conn *c, const char *buf, size_t len, const char *doing) {
+  /* Every reply asked for so far was read: anything the socket has now is
+   * the server's close, or bytes nobody asked for. */
+  if (!mmc_conn_stray(c) && mmc_conn_readable(c)) {
+    ssize_t n = mmc_recv(c);
+    if (n == 0) return io_failed(r, c, MM_ERR_CONNECTION, doing, 0, 1);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return io_failed(r, c, MM_ERR_CONNECTION, doing, errno, 0);
+  }
   if (mmc_conn_stray(c)) {
     char ex[100];
     mmc_excerpt(c->rbuf + c->rpos, c->rlen - c->rpos, ex, sizeof ex);

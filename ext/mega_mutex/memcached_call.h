@@ -51,7 +51,8 @@ mm_status mmc_fail(mmc_call *r, mmc_conn *c, mm_status st, const char *doing, co
 mm_status mmc_open(mmc_call *r, mmc_conn *c, const char *doing);
 
 /* Writes all of buf (one request batch: one write when the socket takes
- * it). Bytes buffered that no request asked for: MM_ERR_SERVER. */
+ * it). Bytes that no request asked for, buffered or waiting in the socket:
+ * MM_ERR_SERVER; the server's close: MM_ERR_CONNECTION (retryable). */
 mm_status mmc_send_all(mmc_call *r, mmc_conn *c, const char *buf, size_t len, const char *doing);
 
 /* One reply line, without its "\r\n", NUL-terminated in *line (valid until

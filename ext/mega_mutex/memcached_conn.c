@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,15 @@ void mmc_conn_free(mmc_conn *c) {
 }
 
 int mmc_conn_stray(const mmc_conn *c) { return c->rpos != c->rlen; }
+
+int mmc_conn_readable(const mmc_conn *c) {
+  if (c->fd < 0) return 0;
+  struct pollfd p = {c->fd, POLLIN, 0};
+  int rc;
+  do rc = poll(&p, 1, 0);
+  while (rc < 0 && errno == EINTR);
+  return rc > 0; /* POLLIN, POLLHUP or POLLERR: something to read, or a broken connection */
+}
 
 /* ---- connecting ------------------------------------------------------------ */
 

@@ -59,6 +59,12 @@ void mmc_conn_close(mmc_conn *c);
 void mmc_conn_free(mmc_conn *c);
 /* Whether bytes are buffered that no request asked for. */
 int mmc_conn_stray(const mmc_conn *c);
+/* Whether the open connection's socket has something to read right now (bytes
+ * or the server's close), without waiting. Between requests - or between
+ * two writes of one request, once every reply asked for was read - that is
+ * either a server that closed the connection or bytes nobody asked for,
+ * which must never be read as the reply to the next request. */
+int mmc_conn_readable(const mmc_conn *c);
 /* A number unique in the process, never 0: connections' generations, and
  * whatever else must never match a number taken elsewhere. */
 uint64_t mmc_next_generation(void);

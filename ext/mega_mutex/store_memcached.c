@@ -92,14 +92,15 @@ typedef struct {
 /* ---- requests ---------------------------------------------------------- */
 
 /* The server of `key` (libmemcached's continuum: pure computation). A
- * connection with bytes left over from an earlier reply has a server that
- * sends what was not asked for: it is closed (and reopened on use), so those
- * bytes can never be read as the reply to the next request. */
+ * connection with something to read between requests - bytes left over
+ * from an earlier reply, bytes that arrived after it (a server answering
+ * twice, or late), or the server's close - is closed (and reopened on use),
+ * so those bytes can never be read as the reply to the next request. */
 static mmc_conn *conn_for(mm_memcached_store *s, mm_bytes key) {
   uint32_t i = s->nconns == 1 ? 0 : memcached_generate_hash(s->mc, key.ptr, key.len);
   if (i >= s->nconns) i = 0; /* cannot happen: the continuum only names our servers */
   mmc_conn *c = &s->conns[i];
-  if (c->fd >= 0 && mmc_conn_stray(c)) mmc_conn_close(c);
+  if (c->fd >= 0 && (mmc_conn_stray(c) || mmc_conn_readable(c))) mmc_conn_close(c);
   return c;
 }
 

@@ -1,0 +1,60 @@
+# frozen_string_literal: true
+
+require_relative "support/fake_memcached"
+
+# A hostile review of the :memcached store (store_memcached.c) and its
+# connection layer (memcached_conn.c, memcached_call.c): each example is an
+# attack on "never grant a lock twice" - a server that answers late, twice,
+# a byte at a time, with an error at each step, or not at all. Each example
+# failed on the code before its fix (the commit names the path), or
+# documents an attack that holds.
+RSpec.describe "memcached store review" do
+  def client_for(fake, io_ms: 500)
+    MegaMutex::Native::Client.new([["127.0.0.1", fake.port]], 500, io_ms, 1)
+  end
+
+  let(:fake) { FakeMemcached.new.start }
+  let(:key) { key_for("x") }
+  after { fake.stop }
+
+  # Scripts the next gets: its true reply at once, then - once the client
+  # has read it - `late` on the same connection, as a server that answers
+  # twice (or a reply to an earlier request arriving late) would.
+  def late_reply_after_next_gets(late)
+    sent = Queue.new
+    fake.on("gets", times: 1) do |cmd|
+      cmd.reply(cmd.default_reply)
+      cmd.fake.pause(0.05)
+      cmd.reply(late)
+      sent << true
+    end
+    sent
+  end
+
+  describe "bytes that arrive after a reply was read, before the next request" do
+    it "are never read as the reply to the next read" do
+      client = client_for(fake)
+      sent = late_reply_after_next_gets("VALUE #{key} 0 6 1\r\nforged\r\nEND\r\n")
+      expect(client._read(key)).to be_nil
+      sent.pop
+      expect(client._read(key)).to be_nil # the server holds nothing
+    ensure
+      client&.close
+    end
+
+    it "never grant a lock that another token holds (a late VALUE naming the taker)" do
+      fake.put(key, "other")
+      client = client_for(fake)
+      # A late "reply" shaped as the take's own: the fence's incr, then a
+      # read-back naming the taker's token.
+      sent = late_reply_after_next_gets("ERROR\r\nVALUE #{key} 0 3 1\r\ntok\r\nEND\r\n")
+      expect(client._read(key)).to eq("other")
+      sent.pop
+      state = Object.new
+      expect(client._acquire(state, key, "tok", 5, 0, 0.01, 0.01)).to be(false)
+      expect(fake.value(key)).to eq("other")
+    ensure
+      client&.close
+    end
+  end
+end
