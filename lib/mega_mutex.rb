@@ -26,12 +26,12 @@ module MegaMutex
   @setup_mutex = Mutex.new
   @configuration = nil
   @pool = nil
-  @pid = Process.pid
+  @pid = Native.pid
 
-  # Keeps {MegaMutex.pid} right in a forked child. Ruby 3.1's Process._fork
-  # is what Kernel#fork, Process.fork and IO.popen("-") call; Process.daemon
-  # forks without it, so it is hooked too. A fork made from C by another
-  # extension, outside both, is not seen (see {MegaMutex.pid}).
+  # Tells MegaMutex at once that this is a forked child. Ruby 3.1's
+  # Process._fork is what Kernel#fork, Process.fork and IO.popen("-") call;
+  # Process.daemon forks without it, so it is hooked too. A fork made from C
+  # by another extension, outside both, is seen by {MegaMutex.pid} itself.
   # @api private
   module ForkHook
     # @return [Integer] the child's pid in the parent, 0 in the child
@@ -50,21 +50,19 @@ module MegaMutex
   end
 
   class << self
-    if Process.respond_to?(:_fork)
-      # This process's pid, cached: the hot path asks often, and getpid is a
-      # system call. Kept right across fork by {ForkHook}.
-      # @api private
-      # @return [Integer]
-      def pid
-        @pid
-      end
-    else
-      # Ruby 3.0 has no Process._fork to hook: no cache there.
-      # @api private
-      # @return [Integer]
-      def pid
-        Process.pid
-      end
+    # This process's id. The hot path asks often, and getpid is a system
+    # call: it comes from the extension's cache (ext/mega_mutex/pid.c), which
+    # a pthread_atfork handler keeps right in every child, one forked from C
+    # too - where Ruby's fork hooks saw nothing, so the child still had its
+    # parent's pid, released the parent's locks through its own connections
+    # and made its parent's tokens. A pid that changed is a fork: the
+    # child's start ({forked!}) runs before the pid is returned.
+    # @api private
+    # @return [Integer]
+    def pid
+      pid = Native.pid
+      forked! if pid != @pid
+      pid
     end
 
     # Called in a forked child, before anything else runs in it: the pid and
@@ -74,7 +72,7 @@ module MegaMutex
     # @api private
     # @return [void]
     def forked!
-      @pid = Process.pid
+      @pid = Native.pid
       Lock.forked!
     end
     # Changes the settings. The block gets a copy of the current

@@ -94,6 +94,8 @@ module MegaMutex
     # runs out. The renewer removes it as soon as the server answers again.
     # @param hold [Lock::Hold] the failed take or release (not registered)
     def release_later(hold)
+      return unless hold.pid == MegaMutex.pid # a parent's lock: never a forked child's to remove
+
       @mutex.synchronize do
         @orphans[hold] = [now + RETRY, nil, now + hold.wire_ttl + 1]
         start_thread

@@ -1,0 +1,95 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require_relative "support/core_review_helpers"
+require_relative "support/interrupt_points"
+
+# The lock core's hostile review (2026-12-02): each example is a path by
+# which a lock was granted twice, or left held by nobody, or held by nobody
+# while its holder was told it held it. Each failed before its fix.
+RSpec.describe "lock core review" do
+  include CoreReviewHelpers
+  include InterruptPoints
+
+  def token_of(lock)
+    lock.instance_variable_get(:@hold)&.token
+  end
+
+  describe "a child forked from C (neither Process._fork nor Process.daemon saw it)" do
+    it "never releases the lock its parent holds, through unlock or the clean-up it is handed to" do
+      lock = MegaMutex::Lock.new("raw-fork")
+      lock.lock
+      mine = MegaMutex.get_current_lock("raw-fork")
+      report = in_raw_fork do
+        said = []
+        said << (begin
+          "unlock=#{lock.unlock.inspect}"
+        rescue MegaMutex::Error => e
+          "unlock raised #{e.class}"
+        end)
+        # Anything that makes a client of the child's own notices the fork.
+        2.times do
+          MegaMutex.with_distributed_mutex("raw-fork-other") { nil }
+        rescue MegaMutex::Error => e
+          said << "other raised #{e.class}"
+        end
+        # The clean-up (when it was handed the parent's lock) runs 0.2 s later.
+        gone = begin
+          wait_for(within: 1.5, message: "the parent's lock to vanish") { MegaMutex.get_current_lock("raw-fork").nil? }
+        rescue RuntimeError
+          false
+        end
+        said << "parent's lock gone in the child's eyes: #{gone}"
+        said.join("; ")
+      end
+      expect(report).not_to be_nil
+      expect(MegaMutex.get_current_lock("raw-fork")).to eq(mine), "the child (#{report}) removed the lock its parent holds"
+      expect(lock.unlock).to be(true)
+    end
+
+    it "never releases the lock its parent holds when the block it forked in ends in the child" do
+      reader, writer = IO.pipe
+      pid = nil
+      mine = nil
+      left_with = begin
+        MegaMutex.with_distributed_mutex("raw-fork-block") do
+          mine = MegaMutex.get_current_lock("raw-fork-block")
+          pid = CoreReviewHelpers::RAW_FORK.call
+          if pid.positive?
+            writer.close
+            ready = reader.wait_readable(20)
+            report = ready ? reader.read : nil
+            Process.kill(:KILL, pid) unless ready
+            Process.wait(pid)
+            expect(report).not_to be_nil
+            expect(MegaMutex.get_current_lock("raw-fork-block")).to eq(mine),
+                                                                   "the child (#{report}) removed the lock its parent holds"
+          end
+          :done
+        end
+      rescue Exception => e # rubocop:disable Lint/RescueException -- the child reports it
+        raise unless pid&.zero?
+
+        e.class
+      end
+      if pid.zero? # the child, out of the block its parent is still in
+        2.times do
+          MegaMutex.with_distributed_mutex("raw-fork-block-other") { nil }
+        rescue MegaMutex::Error
+          nil
+        end
+        gone = begin
+          wait_for(within: 1.5) { MegaMutex.get_current_lock("raw-fork-block").nil? }
+        rescue RuntimeError
+          false
+        end
+        writer.write("left the block with #{left_with.inspect}; parent's lock gone in the child's eyes: #{gone}")
+        writer.close
+        Process.exit!(0)
+      end
+      expect(left_with).to eq(:done)
+    ensure
+      reader&.close
+    end
+  end
+end
