@@ -95,14 +95,26 @@ mm_status mmc_open(mmc_call *r, mmc_conn *c, const char *doing) {
                     c->retry_at - start);
   double deadline = start + r->connect_timeout;
   char why[256];
-  mmc_addresses addrs;
-  if (mmc_addresses_get(c, &addrs, why, sizeof why) != 0) return connect_failed(r, c, doing, why);
   int fd = -1, err = ENOENT;
-  for (const struct addrinfo *ai = addrs.first; ai != NULL; ai = ai->ai_next) {
-    err = connect_wait(r, ai, &fd, deadline);
-    if (err == 0 || err == EINTR) break;
+  /* The cached addresses first; when none of them takes the connection,
+   * the name once more (the server may have moved), within the same
+   * connect_timeout. */
+  for (int round = 0; round < 2; round++) {
+    mmc_addresses addrs;
+    if (mmc_addresses_get(c, &addrs, why, sizeof why) != 0) {
+      if (round == 0) return connect_failed(r, c, doing, why);
+      break; /* the name no longer resolves: report the first round's failure */
+    }
+    for (const struct addrinfo *ai = addrs.first; ai != NULL; ai = ai->ai_next) {
+      err = connect_wait(r, ai, &fd, deadline);
+      if (err == 0 || err == EINTR) break;
+    }
+    int fresh = addrs.fresh;
+    mmc_addresses_free(&addrs);
+    if (err == 0 || err == EINTR || err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) break;
+    mmc_addresses_stale(c); /* the server did not answer there: look it up again */
+    if (fresh || mmc_now() >= deadline) break;
   }
-  mmc_addresses_free(&addrs);
   if (err != 0) {
     if (err == EINTR) return MM_INTERRUPTED;
     if (err == ETIMEDOUT)

@@ -46,8 +46,10 @@ mm_status mmc_fail(mmc_call *r, mmc_conn *c, mm_status st, const char *doing, co
     __attribute__((format(printf, 5, 6)));
 
 /* Opens c's connection if it is closed, trying each address of the server
- * until connect_timeout. A failed connect is remembered: for retry_timeout
- * seconds calls fail at once, with the same cause. */
+ * until connect_timeout: the addresses resolved before (see mmc_addresses),
+ * and when none of them connects, those the name resolves to now, once.
+ * A failed connect is remembered: for retry_timeout seconds calls fail at
+ * once, with the same cause. */
 mm_status mmc_open(mmc_call *r, mmc_conn *c, const char *doing);
 
 /* Writes all of buf (one request batch: one write when the socket takes

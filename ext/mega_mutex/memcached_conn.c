@@ -39,14 +39,20 @@ int mmc_conn_init(mmc_conn *c, const mm_server_addr *a) {
 }
 
 void mmc_conn_close(mmc_conn *c) {
-  if (c->fd >= 0) close(c->fd);
+  if (c->fd >= 0) {
+    close(c->fd);
+    if (!c->answered) c->addrs_stale = 1; /* connected, or not even that: look the name up again */
+  }
   c->fd = -1;
   c->generation = 0;
+  c->answered = 0;
   c->rpos = c->rlen = 0;
 }
 
 void mmc_conn_free(mmc_conn *c) {
   mmc_conn_close(c);
+  if (c->addrs != NULL) freeaddrinfo(c->addrs);
+  c->addrs = NULL;
   free(c->host);
   c->host = NULL;
 }
@@ -64,7 +70,9 @@ int mmc_conn_readable(const mmc_conn *c) {
 
 /* ---- connecting ------------------------------------------------------------ */
 
-int mmc_addresses_get(const mmc_conn *c, mmc_addresses *out, char *why, size_t whylen) {
+static uint64_t resolution_counter;
+
+int mmc_addresses_get(mmc_conn *c, mmc_addresses *out, char *why, size_t whylen) {
   memset(out, 0, sizeof *out);
   if (c->port == 0) {
     size_t n = strlen(c->host);
@@ -81,22 +89,32 @@ int mmc_addresses_get(const mmc_conn *c, mmc_addresses *out, char *why, size_t w
     out->first = &out->unix_ai;
     return 0;
   }
-  struct addrinfo hints;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  char port[16];
-  snprintf(port, sizeof port, "%u", c->port);
-  int gai = getaddrinfo(c->host, port, &hints, &out->resolved);
-  if (gai != 0) {
-    snprintf(why, whylen, "could not resolve host: %s", gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
-    out->resolved = NULL;
-    return MMC_ADDR_RESOLVE;
+  if (c->addrs == NULL || c->addrs_stale) {
+    struct addrinfo hints, *list = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    char port[16];
+    snprintf(port, sizeof port, "%u", c->port);
+    __atomic_add_fetch(&resolution_counter, 1, __ATOMIC_RELAXED);
+    int gai = getaddrinfo(c->host, port, &hints, &list);
+    if (gai != 0) { /* the old list (if any) stays, still stale: tried again next time */
+      snprintf(why, whylen, "could not resolve host: %s", gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+      return MMC_ADDR_RESOLVE;
+    }
+    if (c->addrs != NULL) freeaddrinfo(c->addrs);
+    c->addrs = list;
+    c->addrs_stale = 0;
+    out->fresh = 1;
   }
-  out->first = out->resolved;
+  out->first = c->addrs;
   return 0;
 }
+
+void mmc_addresses_stale(mmc_conn *c) { c->addrs_stale = 1; }
+
+uint64_t mmc_resolutions(void) { return __atomic_load_n(&resolution_counter, __ATOMIC_RELAXED); }
 
 void mmc_addresses_free(mmc_addresses *a) {
   if (a->resolved != NULL) freeaddrinfo(a->resolved);
@@ -135,6 +153,7 @@ int mmc_connect_result(int fd) {
 
 void mmc_conn_opened(mmc_conn *c, int fd) {
   c->fd = fd;
+  c->answered = 0;
   c->generation = mmc_next_generation();
   c->rpos = c->rlen = 0;
 }
@@ -160,7 +179,10 @@ ssize_t mmc_recv(mmc_conn *c) {
   }
   for (;;) {
     ssize_t n = recv(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen, 0);
-    if (n > 0) c->rlen += (size_t) n;
+    if (n > 0) {
+      c->rlen += (size_t) n;
+      c->answered = 1;
+    }
     if (n >= 0 || errno != EINTR) return n;
   }
 }

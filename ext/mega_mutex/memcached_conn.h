@@ -39,6 +39,11 @@ typedef struct {
   char *host;                 /* host name or address, or a unix socket path */
   unsigned port;              /* 0: unix socket */
   char label[MMC_LABEL_MAX];  /* "host:port", "[v6]:port" or the path, for messages */
+  struct addrinfo *addrs;     /* the host's addresses, resolved once and reused by every
+                                 reconnect (NULL: not resolved yet, or a unix socket) */
+  int addrs_stale;            /* resolve again before the next connect: a connect to
+                                 them failed, or a connection closed before answering */
+  int answered;               /* the open connection has received bytes */
   int fd;                     /* -1 when closed */
   uint64_t generation;        /* of the open connection (unique in the process); 0 when closed */
   double retry_at;            /* after a failed connect: fail at once until then (monotonic s) */
@@ -53,9 +58,10 @@ typedef struct {
 int mmc_conn_init(mmc_conn *c, const mm_server_addr *a);
 /* Closes the socket (no "quit": the server notices the close) and forgets
  * what was buffered. In a forked child close() only drops the child's
- * reference: the parent's connection is untouched. */
+ * reference: the parent's connection is untouched. A connection that never
+ * received a byte marks the addresses stale (see mmc_addresses). */
 void mmc_conn_close(mmc_conn *c);
-/* Closes and frees what mmc_conn_init allocated. */
+/* Closes and frees what mmc_conn_init and mmc_addresses_get allocated. */
 void mmc_conn_free(mmc_conn *c);
 /* Whether bytes are buffered that no request asked for. */
 int mmc_conn_stray(const mmc_conn *c);
@@ -71,21 +77,37 @@ uint64_t mmc_next_generation(void);
 
 /* ---- connecting ------------------------------------------------------------ */
 
-/* The addresses of a server: a unix socket's one, or getaddrinfo's list. */
+/* The addresses of a server: a unix socket's one, or getaddrinfo's list.
+ *
+ * A host name is resolved once per connection entry (mmc_conn) and the list
+ * kept for every reconnect: a reconnect pays no DNS round trip, and a
+ * process forked while another thread reconnects does not inherit a
+ * getaddrinfo in flight (its memory then lost in the child). The list is
+ * resolved again before the next connect only once it failed: a connect to
+ * it failed (mmc_addresses_stale), or a connection to it closed before it
+ * answered anything (mmc_conn_close) - a server that moved to a new address
+ * is found again. A failed resolution keeps the old list for later tries. */
 typedef struct {
   struct addrinfo *first;
-  struct addrinfo *resolved; /* to free */
+  struct addrinfo *resolved; /* to free (never the connection's cached list) */
   struct addrinfo unix_ai;
   struct sockaddr_un sun;
+  int fresh;                 /* resolved by this call (not from the cache) */
 } mmc_addresses;
 
 #define MMC_ADDR_BAD_PATH -1 /* the socket path does not fit a sockaddr_un */
 #define MMC_ADDR_RESOLVE -2  /* the host name did not resolve */
 
-/* 0 with `out` filled (free it with mmc_addresses_free), or MMC_ADDR_* with
- * the cause in why[whylen]. */
-int mmc_addresses_get(const mmc_conn *c, mmc_addresses *out, char *why, size_t whylen);
+/* 0 with `out` filled (free it with mmc_addresses_free; out->first is
+ * valid until then, and until the next mmc_addresses_get on c), or
+ * MMC_ADDR_* with the cause in why[whylen]. Resolves (getaddrinfo) only
+ * when c has no list yet or its list is stale. */
+int mmc_addresses_get(mmc_conn *c, mmc_addresses *out, char *why, size_t whylen);
 void mmc_addresses_free(mmc_addresses *a);
+/* The cached list failed: resolve again before the next connect. */
+void mmc_addresses_stale(mmc_conn *c);
+/* How many times this process resolved a server's name (getaddrinfo). */
+uint64_t mmc_resolutions(void);
 
 /* Opens a non-blocking socket to `ai` and starts connecting (TCP_NODELAY
  * on a TCP socket). 0 with *fd set and *in_progress (1: wait until it is
