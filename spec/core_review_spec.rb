@@ -92,4 +92,50 @@ RSpec.describe "lock core review" do
       reader&.close
     end
   end
+
+  describe "an interrupt at every point of Lock#unlock" do
+    # The caller's `ensure lock.unlock` ran: an interrupt landing inside it,
+    # before its interrupt mask, left the lock held - and renewed - for as
+    # long as the process lived, with nobody holding it.
+    it "never leaves the lock held: unlock gives it back before the interrupt goes on" do
+      interrupter = InterruptPoints::Interrupter.new(Thread.current)
+      leaked = []
+      (1..).each do |k|
+        lock = MegaMutex::Lock.new("unlock-points")
+        lock.lock
+        count = 0
+        fired = false
+        main = Thread.current
+        trace = TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
+          next unless Thread.current == main && tp.path&.start_with?(InterruptPoints::LIB)
+
+          count += 1
+          next unless count == k
+
+          fired = true
+          @interrupt_point = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
+          interrupter.interrupt_now
+        end
+        delivered = false
+        begin
+          trace.enable { lock.unlock }
+        rescue InterruptPoints::Interrupted
+          delivered = true
+        ensure
+          trace.disable
+        end
+        break unless fired
+        raise "the interrupt sent at #{@interrupt_point} was swallowed" unless delivered
+
+        if lock.owned? || MegaMutex.get_current_lock("unlock-points")
+          leaked << "#{k}: #{@interrupt_point}"
+          lock.unlock while lock.owned?
+          MegaMutex.pool.with { |c| c._force_release(key_for("unlock-points")) }
+        end
+      end
+      expect(leaked).to eq([])
+    ensure
+      interrupter&.stop
+    end
+  end
 end

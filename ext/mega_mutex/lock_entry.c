@@ -11,12 +11,20 @@
  * kill - Lock#_undo_take gives back what it took before the exit goes on.
  * An interrupt that arrives once the body has returned is delivered in the
  * caller's code, where the caller holds the lock it was given.
+ *
+ * Lock#unlock too: the caller's `ensure lock.unlock` must give the lock
+ * back even when an interrupt lands inside unlock before its mask (then the
+ * lock stayed held, and renewed, for the life of the process). Its body
+ * (_unlock) runs under rb_ensure; when it did not return and gave nothing
+ * back, Lock#_unlock_cut_short gives back the share this call was asked to
+ * give, with interrupts deferred, before the interrupt goes on.
  */
 #include <ruby.h>
+#include <string.h>
 
 #include "mega_mutex.h"
 
-static ID id_lock_body, id_try_lock_body, id_undo_take, id_iv_depth;
+static ID id_lock_body, id_try_lock_body, id_undo_take, id_iv_depth, id_unlock_body, id_unlock_cut_short;
 
 typedef struct {
   VALUE self;
@@ -53,6 +61,28 @@ static VALUE enter(int argc, VALUE *argv, VALUE self, ID body) {
   return rb_ensure(entry_body, (VALUE) &a, entry_ensure, (VALUE) &a);
 }
 
+static VALUE unlock_body(VALUE p) {
+  entry_args *a = (entry_args *) p;
+  VALUE result = rb_funcall(a->self, id_unlock_body, 0);
+  a->returned = 1;
+  return result;
+}
+
+static VALUE unlock_ensure(VALUE p) {
+  entry_args *a = (entry_args *) p;
+  if (!a->returned) rb_funcall(a->self, id_unlock_cut_short, 1, a->depth);
+  return Qnil;
+}
+
+/* unlock -> true | false; see lib/mega_mutex/lock.rb */
+static VALUE lock_unlock(VALUE self) {
+  entry_args a;
+  memset(&a, 0, sizeof a);
+  a.self = self;
+  a.depth = rb_ivar_get(self, id_iv_depth);
+  return rb_ensure(unlock_body, (VALUE) &a, unlock_ensure, (VALUE) &a);
+}
+
 /* lock(timeout: @timeout) -> true; see lib/mega_mutex/lock.rb */
 static VALUE lock_lock(int argc, VALUE *argv, VALUE self) { return enter(argc, argv, self, id_lock_body); }
 
@@ -65,6 +95,9 @@ void mm_lock_entry_init(VALUE mMegaMutex) {
   id_try_lock_body = rb_intern("_try_lock");
   id_undo_take = rb_intern("_undo_take");
   id_iv_depth = rb_intern("@depth");
+  id_unlock_body = rb_intern("_unlock");
+  id_unlock_cut_short = rb_intern("_unlock_cut_short");
   rb_define_method(cLock, "lock", lock_lock, -1);
   rb_define_method(cLock, "try_lock", lock_try_lock, -1);
+  rb_define_method(cLock, "unlock", lock_unlock, 0);
 }

@@ -111,16 +111,37 @@ module MegaMutex
     end
     private :_try_lock
 
-    # Gives the lock back. Nested holds (reentrancy) release the lock on the
-    # server when the outermost one unlocks.
-    # @return [Boolean] true if this lock was held and is now given up;
-    #   false if it was not held, or was found lost (expired or taken over)
-    def unlock
+    # @!method unlock
+    #   Gives the lock back. Nested holds (reentrancy) release the lock on
+    #   the server when the outermost one unlocks. Entered through C
+    #   (ext/mega_mutex/lock_entry.c): an interrupt that lands inside it
+    #   still finds the lock given back.
+    #   @return [Boolean] true if this lock was held and is now given up;
+    #     false if it was not held, or was found lost (expired or taken over)
+
+    # The body of {#unlock}.
+    # @api private
+    def _unlock
       hold = @hold
       return false if hold.nil? || hold.pid != MegaMutex.pid
 
       Thread.handle_interrupt(DEFER) { unlock!(hold) }
     end
+    private :_unlock
+
+    # {#unlock} was cut short by an interrupt: gives back its share unless it
+    # was given already (@depth is lowered by the masked release, all or
+    # nothing). Called from ext/mega_mutex/lock_entry.c.
+    # @param depth [Integer] @depth before the call
+    def _unlock_cut_short(depth)
+      Thread.handle_interrupt(DEFER) do
+        hold = @hold
+        unlock!(hold) if @depth == depth && !hold.nil? && hold.pid == MegaMutex.pid
+      end
+    rescue Error => e
+      log(:warn) { "could not release #{@key} after an interrupted unlock: #{e.message}" }
+    end
+    private :_unlock_cut_short
 
     # @return [Boolean] true once this lock's lease was found lost while held
     #   (expired, evicted, flushed, or the server restarted): mutual exclusion
