@@ -44,6 +44,8 @@ typedef struct {
   int evicts;             /* "evictions on" */
   int warned;
   uint64_t sentinel_cas;  /* of the sentinel last seen (0: none yet) */
+  size_t same_as;         /* 1 + the index of an earlier server this one is the same
+                             process as (the same sentinel): it never counts; 0: none */
   int need_sentinel;      /* add the sentinel with the next request */
   /* the request in progress */
   int state;

@@ -153,28 +153,72 @@ static mm_status delete_ours(q_store *q, mm_bytes key, mm_bytes token, const int
   return q_run(q, 0);
 }
 
+/* Whether a cas or delete sent by delete_ours was answered: whatever the
+ * answer (removed, gone, changed), the lock is not ours there any more. */
+static int answered_removal(const q_server *s) { return s->state == SR_DONE && s->nstatus == 1; }
+
+/* A server that counted before this request failed (its connection is
+ * closed, so q_mature says no): it may still carry the lock. */
+static int counted_before(const q_server *s, double now) { return s->young_until <= now && !s->same_as; }
+
+/* The lock is still ours on `left` servers that count, where removing it
+ * failed: too many for anyone else to win a majority until its lease ends.
+ * An error (the caller has the lock removed once the servers take it),
+ * naming every server's trouble. */
+static mm_status left_ours(q_store *q, const char *doing, size_t left) {
+  q->base.maybe_applied = 1;
+  size_t len = (size_t) snprintf(q->base.error, sizeof q->base.error,
+                                 "quorum of %zu memcached servers failed to %s: the lock is still ours on %zu of the %zu "
+                                 "servers, where removing it failed (it is retried; its lease ends it anyway)",
+                                 q->n, doing, left, q->n);
+  for (size_t i = 0; i < q->n && len < sizeof q->base.error; i++) {
+    q_server *s = &q->servers[i];
+    if (s->state == SR_FAILED && s->error[0])
+      len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len, "; %s: %s", s->conn.label, s->error);
+  }
+  return MM_ERR_CONNECTION;
+}
+
 /* Undoes a take that did not count: on every server it may have reached,
- * K is read and removed where ours. Best effort: what it cannot reach
- * expires with the lease. */
-static void undo(q_store *q, mm_bytes key, mm_bytes token) {
+ * K is read and removed where ours. Returns on how many servers that
+ * counted the lock may still be ours (a removal that failed, or a server
+ * whose add went out and that could not be read back): what it cannot
+ * reach expires with the lease - unless that is a majority's worth. */
+static size_t undo(q_store *q, mm_bytes key, mm_bytes token) {
   char err[MM_ERROR_MAX];
   memcpy(err, q->base.error, sizeof err);
-  int which[MM_QUORUM_MAX_SERVERS];
-  for (size_t i = 0; i < q->n; i++) which[i] = holds(&q->servers[i], token);
+  double now = mmc_now();
+  int which[MM_QUORUM_MAX_SERVERS], maybe[MM_QUORUM_MAX_SERVERS], failed[MM_QUORUM_MAX_SERVERS];
+  for (size_t i = 0; i < q->n; i++) {
+    q_server *s = &q->servers[i];
+    which[i] = holds(s, token);
+    /* A server whose reply was lost after the add went out may have stored it. */
+    failed[i] = s->state == SR_FAILED && s->wrote_store && s->wpos > 0;
+    maybe[i] = counted_before(s, now) && (which[i] || failed[i]);
+  }
   mm_status st = delete_ours(q, key, token, which);
   int again = 0;
   for (size_t i = 0; i < q->n; i++) {
-    /* A server whose reply was lost may have stored it: read it afresh. */
-    which[i] = q->servers[i].state == SR_FAILED;
-    again |= which[i];
+    if (which[i] && answered_removal(&q->servers[i])) maybe[i] = 0;
+    /* Those, and those whose removal failed: read afresh. */
+    failed[i] |= which[i] && !answered_removal(&q->servers[i]);
+    again |= failed[i];
   }
   if (st == MM_OK && again && !q_cancelled(q)) {
     if (read_all(q, key, 0, NULL, 0) == MM_OK) {
-      for (size_t i = 0; i < q->n; i++) which[i] = holds(&q->servers[i], token);
+      for (size_t i = 0; i < q->n; i++) {
+        which[i] = failed[i] && holds(&q->servers[i], token);
+        if (failed[i] && q->servers[i].state == SR_DONE && !which[i]) maybe[i] = 0; /* not ours there */
+      }
       (void) delete_ours(q, key, token, which);
+      for (size_t i = 0; i < q->n; i++)
+        if (which[i] && answered_removal(&q->servers[i])) maybe[i] = 0;
     }
   }
   memcpy(q->base.error, err, sizeof err);
+  size_t left = 0;
+  for (size_t i = 0; i < q->n; i++) left += (size_t) maybe[i];
+  return left;
 }
 
 /* The holder most servers name (for the lock loop's backoff and timeouts). */
@@ -222,12 +266,13 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   if (answered < q->majority) {
     no_majority(q, "take a lock", now);
     base->maybe_applied = 1;
-    undo(q, key, token);
+    (void) undo(q, key, token);
     return MM_ERR_CONNECTION;
   }
   if (wins < q->majority || now >= valid_until) {
     fill_holder(q, token, holder);
-    undo(q, key, token);
+    size_t left = undo(q, key, token);
+    if (left > q->n - q->majority) return left_ours(q, "take a lock (and give back what it won)", left);
     base->maybe_applied = 0;
     for (size_t i = 0; i < q->n; i++)
       if (q->servers[i].state == SR_FAILED && q->servers[i].wrote_store) base->maybe_applied = 1;
@@ -352,18 +397,26 @@ static mm_status q_release(mm_store *base, mm_bytes key, mm_bytes token, const m
   if (st == MM_INTERRUPTED) return st;
   double now = mmc_now();
   if (count_mature_done(q, now) < q->majority) return no_majority(q, "release a lock", now);
-  int which[MM_QUORUM_MAX_SERVERS];
+  int which[MM_QUORUM_MAX_SERVERS], counted[MM_QUORUM_MAX_SERVERS];
   size_t ours = done_short, others = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     which[i] = holds(s, token);
-    if (which[i] && q_mature(q, s, now) && !released[i]) ours++;
-    else if (uncertain[i] && s->state == SR_DONE && !s->got_lock && q_mature(q, s, now)) ours++; /* our cas took */
-    else if (s->state == SR_DONE && s->got_lock && !which[i] && q_mature(q, s, now)) others++;
+    counted[i] = q_mature(q, s, now);
+    if (which[i] && counted[i] && !released[i]) ours++;
+    else if (uncertain[i] && s->state == SR_DONE && !s->got_lock && counted[i]) ours++; /* our cas took */
+    else if (s->state == SR_DONE && s->got_lock && !which[i] && counted[i]) others++;
   }
   base->maybe_applied = 1;
   st = delete_ours(q, key, token, which);
   if (st == MM_INTERRUPTED) return st;
+  /* Still ours where the removal failed: more than n - majority such
+   * servers and nobody else can win a majority until the lease ends - the
+   * lock is not released, and the caller must know it (it has it removed
+   * once the servers take it). */
+  size_t left = 0;
+  for (size_t i = 0; i < q->n; i++) left += (size_t) (which[i] && counted[i] && !answered_removal(&q->servers[i]));
+  if (left > q->n - q->majority) return left_ours(q, "release a lock", left);
   base->maybe_applied = 0;
   if (ours >= q->majority) return MM_OK;
   if (others > 0) return MM_HELD;
