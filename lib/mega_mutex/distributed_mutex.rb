@@ -67,7 +67,12 @@ require "mega_mutex/active_record_database"
 #    negative one waits for ever on MySQL and returns at once on MariaDB,
 #    MDEV-4017, and nil made MariaDB's GET_LOCK return NULL at once: false).
 # 5. Nesting is counted per thread (the original: per connection id, so two
-#    threads given one connection both "held" a key).
+#    threads given one connection both "held" a key). One MySQLMutex may be
+#    shared by threads (a Mutex in a constant): each thread's takes through
+#    it are its own - #locked? and #unlock speak for the calling thread
+#    (#unlock from a thread that holds nothing through it is false, and
+#    never gives back another thread's lock), and #synchronize gives back
+#    exactly what the calling thread took.
 # 6. MySQLMutex.new does no I/O (the original asked the server for its
 #    connection id, and needed a connected ActiveRecord); errors come from
 #    #lock and #unlock, as MegaMutex errors: ConnectionError, ServerError,
@@ -337,8 +342,17 @@ class MySQLMutex < DistributedMutex
   def initialize(key, timeout = DEFAULT_TIMEOUT, exception_on_timeout = DEFAULT_EXCEPTION_ON_TIMEOUT, connection = nil)
     super(key, timeout, exception_on_timeout)
     @store = self.class.store_for(connection)
-    @lock = new_lock # validates key and timeout now; the first take uses it
-    @held = [] # this object's takes, innermost last
+    @lock = new_lock # validates key and timeout now (each take has a Lock of its own)
+    # Each thread's state through this object (a MySQLMutex may be shared by
+    # threads): its takes, innermost last, and whether #locked? is true.
+    @threads = {}
+    @threads_mutex = Mutex.new
+  end
+
+  # @return [Boolean] whether the calling thread holds the lock through this
+  #   object (true too after an #unlock that found it lost, as the original)
+  def locked?
+    mine&.locked || false
   end
 
   # Takes the lock, waiting up to #timeout seconds (under the caller's
@@ -350,12 +364,12 @@ class MySQLMutex < DistributedMutex
   # @return [Boolean] true if taken; false if not (unless exception_on_timeout)
   # @raise [MutexLockTimeout] when not taken and exception_on_timeout
   def lock
-    taking = @lock.owned? ? new_lock : @lock
+    taking = new_lock
     begin
       taking.lock
       Thread.handle_interrupt(MegaMutex::Lock::DEFER) { record(taking) }
     rescue MegaMutex::TimeoutError
-      @locked = false
+      Thread.handle_interrupt(MegaMutex::Lock::DEFER) { forget_lost }
       raise MutexLockTimeout.new(id: key, timeout: timeout) if exception_on_timeout
 
       false
@@ -372,11 +386,13 @@ class MySQLMutex < DistributedMutex
   # @return [Boolean]
   def unlock
     Thread.handle_interrupt(MegaMutex::Lock::DEFER) do
-      next false unless @locked && (taken = @held.pop)
+      state = mine
+      next false unless state&.locked && (taken = state.takes.pop)
 
       released = taken.unlock
       self.class.track(key, -1)
-      @locked = false if released
+      state.locked = false if released
+      drop_state(state)
       released
     end
   end
@@ -387,7 +403,7 @@ class MySQLMutex < DistributedMutex
   # returned or as the block ended.
   # @return [Boolean] true if the block ran, false if the lock was not obtained
   def synchronize
-    depth = @held.size
+    depth = mine&.takes&.size || 0
     begin
       return false unless lock
 
@@ -409,25 +425,59 @@ class MySQLMutex < DistributedMutex
     MegaMutex::Lock.new(key, timeout: timeout, _store: @store)
   end
 
-  # Gives back this object's takes beyond the first `depth`.
+  # The calling thread's state through this object: its takes (innermost
+  # last) and its #locked?.
+  ThreadState = Struct.new(:takes, :locked)
+  private_constant :ThreadState
+
+  # @return [ThreadState, nil] the calling thread's state, nil if it has none
+  def mine
+    @threads_mutex.synchronize { @threads[Thread.current] }
+  end
+
+  # The calling thread's state no longer says anything (nothing held, not
+  # locked?): dropped, so that a shared object does not keep every thread.
+  def drop_state(state)
+    return unless state.takes.empty? && !state.locked
+
+    @threads_mutex.synchronize { @threads.delete(Thread.current) if @threads[Thread.current].equal?(state) }
+  end
+
+  # A #lock that timed out: #locked? is false again for the calling thread.
+  def forget_lost
+    state = mine
+    return if state.nil?
+
+    state.locked = false
+    drop_state(state)
+  end
+
+  # Gives back the calling thread's takes beyond the first `depth`.
   def give_back_to(depth)
-    Thread.handle_interrupt(MegaMutex::Lock::DEFER) { unlock while @held.size > depth && @locked }
+    Thread.handle_interrupt(MegaMutex::Lock::DEFER) do
+      while (state = mine) && state.takes.size > depth && state.locked
+        unlock
+      end
+    end
   end
 
   # Bookkeeping of a take (interrupts deferred).
   # @return [true]
   def record(taking)
-    @held << taking
+    state = @threads_mutex.synchronize { @threads[Thread.current] ||= ThreadState.new([], false) }
+    state.takes << taking
     self.class.track(key, 1)
-    @locked = true
+    state.locked = true
   end
 
   # Gives back a take that a raising #lock must not leave held (interrupts deferred).
   def undo(taking)
-    if @held.last.equal?(taking)
-      @held.pop
+    state = mine
+    if state&.takes&.last.equal?(taking)
+      state.takes.pop
       self.class.track(key, -1)
-      @locked = !@held.empty?
+      state.locked = !state.takes.empty?
+      drop_state(state)
     end
     taking.unlock if taking.owned?
   end

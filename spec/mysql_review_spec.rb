@@ -1,0 +1,131 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "mega_mutex/distributed_mutex"
+require "timeout"
+
+# Session 6's hostile review of the :mysql store and the distributed_mutex
+# drop-in: each example is a path by which a lock could be granted twice,
+# left held by nobody, or reported wrongly; each failed on the code before
+# its fix (the commit that added it names the path).
+RSpec.describe "backend :mysql under a hostile review" do
+  include_context "backend :mysql on the suite's MariaDB"
+
+  # A logger whose lines run `hook` (with the message) in the logging thread.
+  class ReviewHookLogger
+    def initialize(&hook)
+      @hook = hook
+    end
+
+    %i[debug info warn error].each do |level|
+      define_method(:"#{level}?") { true }
+      define_method(level) { |message = nil, &block| @hook.call(message || block&.call) }
+    end
+  end
+
+  # A thread whose exception is for #value, not for the log.
+  def quiet_thread(&block)
+    Thread.new do
+      Thread.current.report_on_exception = false
+      block.call
+    end
+  end
+
+  def waiting_in_get_lock?
+    db.sessions.any? { |_, _, info| info.to_s.include?("GET_LOCK") }
+  end
+
+  describe "one MySQLMutex shared by threads (a Mutex, as a constant in a threaded server)" do
+    # T1 holds; T2 waits on the same object; T1's release is slow to return
+    # (its release line is logged by a slow logger) and T2 is granted and
+    # enters meanwhile. The object's bookkeeping was one stack for all
+    # threads: T1's give-back popped T2's take and released T2's lock on
+    # T2's session while T2 was inside, so a third party got in beside T2.
+    it "never gives back another thread's take: a third party stays out while the second thread is inside" do
+      t2_inside = Queue.new
+      slow = ReviewHookLogger.new do |message|
+        t2_inside.pop.then { |v| t2_inside << v } if Thread.current[:review_slow_log] && message.to_s.include?("released")
+      end
+      use_mariadb(db, logger: slow)
+      shared = MySQLMutex.new("shared-object", 10)
+      t1_in = Queue.new
+      t1_go = Queue.new
+      t2_go = Queue.new
+      t1 = quiet_thread do
+        Thread.current[:review_slow_log] = true
+        shared.synchronize do
+          t1_in << true
+          t1_go.pop
+        end
+      end
+      Timeout.timeout(10) { t1_in.pop }
+      t2 = quiet_thread do
+        shared.synchronize do
+          t2_inside << true
+          t2_go.pop
+        end
+      end
+      wait_for(within: 10, message: "T2 waiting in GET_LOCK") { waiting_in_get_lock? }
+      t1_go << true
+      expect(Timeout.timeout(10) { t1.value }).to be(true)
+      begin
+        expect(t2.alive?).to be(true) # T2 is still inside its block
+        third = quiet_thread { MySQLMutex.new("shared-object", 0).lock }.value
+        expect(third).to be(false)
+      ensure
+        t2_go << true
+        expect(Timeout.timeout(10) { t2.value }).to be(true)
+      end
+      expect(MegaMutex.get_current_lock("shared-object")).to be_nil
+    end
+
+    # T2 waited while T1 held: T2's synchronize counted T1's take as its own
+    # depth, so its give-back left its lock held for ever (its thread's
+    # session kept it; every other taker timed out).
+    it "gives back every thread's take: nothing is left held once all threads are done" do
+      shared = MySQLMutex.new("shared-object", 10)
+      t1_in = Queue.new
+      t1_go = Queue.new
+      t1 = quiet_thread { shared.synchronize { t1_in << true; t1_go.pop } }
+      Timeout.timeout(10) { t1_in.pop }
+      t2 = quiet_thread { shared.synchronize { :ran } }
+      wait_for(within: 10, message: "T2 waiting in GET_LOCK") { waiting_in_get_lock? }
+      t1_go << true
+      expect(Timeout.timeout(10) { [t1.value, t2.value] }).to eq([true, true])
+      expect(MegaMutex.get_current_lock("shared-object")).to be_nil
+      expect(MySQLMutex.active_locks).to eq({})
+    end
+
+    it "excludes and gives back under many threads taking one object at once" do
+      shared = MySQLMutex.new("shared-object", 30)
+      inside = 0
+      most = 0
+      count = Mutex.new
+      threads = Array.new(4) do
+        quiet_thread do
+          Array.new(20) do
+            shared.synchronize do
+              count.synchronize { most = [most, inside += 1].max }
+              Thread.pass
+              count.synchronize { inside -= 1 }
+            end
+          end
+        end
+      end
+      results = Timeout.timeout(60) { threads.map(&:value) }
+      expect(results.flatten.uniq).to eq([true])
+      expect(most).to eq(1)
+      expect(MegaMutex.get_current_lock("shared-object")).to be_nil
+    end
+
+    it "says locked? for the calling thread, and unlock from a thread that does not hold it is false" do
+      shared = MySQLMutex.new("shared-object", 0)
+      expect(shared.lock).to be(true)
+      expect(quiet_thread { [shared.locked?, shared.unlock] }.value).to eq([false, false])
+      expect(shared.locked?).to be(true)
+      expect(quiet_thread { MySQLMutex.new("shared-object", 0).lock }.value).to be(false)
+      expect(shared.unlock).to be(true)
+      expect(shared.locked?).to be(false)
+    end
+  end
+end
