@@ -138,4 +138,62 @@ RSpec.describe "lock core review" do
       interrupter&.stop
     end
   end
+
+  describe "a thread that hogs the GVL while a lease must be renewed" do
+    # The GVL is held for 3.5 s by a C call (as an extension that forgets to
+    # release it would), with lock_ttl 1: the lease must be renewed three
+    # times meanwhile, by something that needs no GVL.
+    def hold_through_a_hog(id)
+      inside = Queue.new
+      leave = Queue.new
+      a_leaving = false
+      a = Thread.new do
+        MegaMutex.with_distributed_mutex(id) do |lock|
+          inside << true
+          leave.pop
+          lost = lock.lost?
+          a_leaving = true
+          lost
+        end
+      end
+      inside.pop
+      b_saw_a_leaving = nil
+      b = Thread.new do
+        MegaMutex.with_distributed_mutex(id, timeout: nil) { b_saw_a_leaving = a_leaving }
+      rescue MegaMutex::LockLostError
+        nil # its own lease ran out under the hog too: what matters is when it got in
+      end
+      wait_for(message: "b waiting") { b.status == "sleep" }
+      hog_gvl(3.5)
+      leave << true
+      a_lost = begin
+        a.value
+      rescue MegaMutex::LockLostError => e
+        e
+      end
+      raise "b still waiting" unless b.join(10)
+
+      [a_lost, b_saw_a_leaving]
+    end
+
+    it "backend :memory: the holder keeps its lease, and a waiter gets in only after its release" do
+      MegaMutex.configure do |c|
+        c.backend = :memory
+        c.lock_ttl = 1
+      end
+      MegaMutex::MemoryStore.reset!
+      a_lost, b_after_a = hold_through_a_hog("hog-memory")
+      expect(a_lost).to be(false)
+      expect(b_after_a).to be(true), "the waiter ran its block while the holder was still inside its own"
+    ensure
+      MegaMutex::MemoryStore.reset!
+    end
+
+    it "backend :memcached: the holder keeps its lease, and a waiter gets in only after its release" do
+      MegaMutex.configure { |c| c.lock_ttl = 1 }
+      a_lost, b_after_a = hold_through_a_hog("hog-memcached")
+      expect(a_lost).to be(false)
+      expect(b_after_a).to be(true), "the waiter ran its block while the holder was still inside its own"
+    end
+  end
 end

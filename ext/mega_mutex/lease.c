@@ -3,6 +3,7 @@
  * MegaMutex::Native::Lease, one held lock being kept alive.
  *
  *   Lease.start(host, port, connect_ms, io_ms, key, token, ttl, valid_until) -> Lease
+ *                              (host nil: a lease in the memory store's table)
  *   lease.stop                 stop renewing (before the release)
  *   lease.lost_reason          nil while the lease is known good, else why it was lost
  *   lease.id                   names it in Lease.next_loss
@@ -53,7 +54,8 @@ static VALUE lease_s_start(VALUE klass, VALUE host, VALUE port, VALUE connect_ms
                            VALUE ttl, VALUE valid_until) {
   (void) klass;
   mm_lane_spec spec;
-  spec.host = StringValueCStr(host);
+  spec.memory = NIL_P(host); /* nil: the memory store's table */
+  spec.host = spec.memory ? "memory" : StringValueCStr(host);
   long p = NUM2LONG(port);
   if (p < 0 || p > 65535) rb_raise(rb_eArgError, "port out of range: %ld", p);
   spec.port = (unsigned) p;

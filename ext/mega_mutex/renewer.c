@@ -2,7 +2,9 @@
  * renewer.c - lanes of C threads that keep leases alive (see renewer.h).
  *
  * Each lane owns a list of leases, a mutex and a condition variable, and a
- * store connected to its one server. Its thread sleeps until the next lease
+ * store connected to its one server (or the memory store's table: the
+ * :memory backend's leases are kept here too, so that a Ruby thread hogging
+ * the GVL cannot starve them either). Its thread sleeps until the next lease
  * is due, takes the due ones out of the lock, extends them one after another
  * (the server's I/O timeout bounds each), and records each outcome. The
  * mutex is never held across I/O, so Ruby threads stopping or reading a
@@ -23,6 +25,7 @@
 #include "lock.h"
 #include "pid.h"
 #include "renewer.h"
+#include "store_memory.h"
 
 #define RETRY_SECONDS 0.2 /* after a renewal that failed with an error */
 #define LANE_HOST_MAX 1024
@@ -51,6 +54,7 @@ struct mm_lane {
   char host[LANE_HOST_MAX];
   unsigned port;
   int connect_timeout_ms, io_timeout_ms;
+  int memory; /* the memory store's lane (store_memory.c) */
   pthread_mutex_t mutex;
   pthread_cond_t wakeup;
   mm_lease **leases;
@@ -326,6 +330,10 @@ static void *lane_main(void *arg) {
 /* Under g_mutex: the lane for `spec`, made and started if new. */
 static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
   for (mm_lane *l = g_lanes; l != NULL; l = l->next) {
+    if (l->memory != 0 || spec->memory != 0) {
+      if (l->memory != 0 && spec->memory != 0) return l;
+      continue;
+    }
     if (l->port == spec->port && l->connect_timeout_ms == spec->connect_timeout_ms &&
         l->io_timeout_ms == spec->io_timeout_ms && strcmp(l->host, spec->host) == 0)
       return l;
@@ -339,16 +347,22 @@ static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory starting a renewer lane");
     return NULL;
   }
-  snprintf(lane->host, sizeof lane->host, "%s", spec->host);
+  snprintf(lane->host, sizeof lane->host, "%s", spec->memory ? "memory" : spec->host);
   lane->port = spec->port;
   lane->connect_timeout_ms = spec->connect_timeout_ms;
   lane->io_timeout_ms = spec->io_timeout_ms;
-  /* Its own connection to its one server (made here, opened on first use).
-   * Retry 0: a failed connection is tried again at the next renewal, which
-   * RETRY_SECONDS paces. */
-  mm_server_addr addr = {lane->host, lane->port};
-  mm_memcached_options opts = {&addr, 1, lane->connect_timeout_ms, lane->io_timeout_ms, 0};
-  lane->store = mm_memcached_store_new(&opts, err, errlen);
+  lane->memory = spec->memory != 0;
+  if (lane->memory) {
+    /* The memory store's table: a refresh there never waits. */
+    lane->store = mm_memory_store_new(err, errlen);
+  } else {
+    /* Its own connection to its one server (made here, opened on first use).
+     * Retry 0: a failed connection is tried again at the next renewal, which
+     * RETRY_SECONDS paces. */
+    mm_server_addr addr = {lane->host, lane->port};
+    mm_memcached_options opts = {&addr, 1, lane->connect_timeout_ms, lane->io_timeout_ms, 0};
+    lane->store = mm_memcached_store_new(&opts, err, errlen);
+  }
   if (lane->store == NULL) {
     free(lane);
     return NULL;

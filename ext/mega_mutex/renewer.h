@@ -1,8 +1,8 @@
 /*
  * renewer.h - keeping leases alive from C threads that never need the GVL.
  *
- * A lease (one held lock on one server) is renewed by the lane of its
- * server: a pthread with a connection of its own that extends each lease a
+ * A lease (one held lock on one server, or in the memory store's table) is
+ * renewed by the lane of its server (the memory store has one lane): a pthread with a connection of its own that extends each lease a
  * third of the way through it. One lane per server, so a slow or paused
  * server delays only its own leases; no Ruby thread, so Ruby threads that
  * hog the GVL cannot starve renewal. A lease that could not be kept - found
@@ -29,6 +29,7 @@ typedef struct {
   unsigned port;
   int connect_timeout_ms;
   int io_timeout_ms;
+  int memory; /* 1: the memory store's table (store_memory.c), one lane for the process; host and port unused */
 } mm_lane_spec;
 
 /* Starts renewing `key` for `token`, a lease of lock_ttl `ttl`: the lane's

@@ -13,8 +13,10 @@ module MegaMutex
   # the GVL nor a slow neighbouring server can starve a renewal. A Ruby
   # thread reports the leases it lost to their holders.
   #
-  # The memory backend's leases, and the clean-up of locks left by failed
-  # requests, are done here in Ruby by two kinds of thread:
+  # The memory backend's leases are kept by the C renewer too (one lane for
+  # the process's table). The other stores' leases (a quorum's), a session
+  # store's refreshes and the clean-up of locks left by failed requests are
+  # done here in Ruby by two kinds of thread:
   #
   # - the scheduler decides what is due and never waits on a server, so it
   #   can always tell a holder whose lease ran out before a renewal got
@@ -192,6 +194,7 @@ module MegaMutex
     def watch(hold)
       config = hold.config
       host, port = hold.server
+      host = nil if config.backend == :memory # the memory store's lane (its table, no server)
       hold.lease = Native::Lease.start(host, port, (config.connect_timeout * 1000).ceil, (config.io_timeout * 1000).ceil,
                                        hold.key, hold.token, hold.ttl, hold.valid_until)
       @mutex.synchronize do

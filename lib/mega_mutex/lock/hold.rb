@@ -40,7 +40,7 @@ module MegaMutex
       # @return [Float, nil] monotonic time until which the lease is known to
       #   last: taken or last renewed + ttl (set at take, kept by the renewer)
       attr_accessor :valid_until
-      # @return [Renewer::Lane, nil] the Ruby renewer's lane for its server (memory backend)
+      # @return [Renewer::Lane, nil] the Ruby renewer's lane for its server (a quorum, a session store)
       attr_accessor :lane
       # @return [Boolean, nil] true when a take was cut short after its add was
       #   sent: the lock may be ours (set by the extension)
