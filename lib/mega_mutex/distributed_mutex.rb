@@ -426,13 +426,16 @@ class MySQLMutex < DistributedMutex
   end
 
   # The calling thread's state through this object: its takes (innermost
-  # last) and its #locked?.
-  ThreadState = Struct.new(:takes, :locked)
+  # last), its #locked?, and the process it is of.
+  ThreadState = Struct.new(:takes, :locked, :pid)
   private_constant :ThreadState
 
-  # @return [ThreadState, nil] the calling thread's state, nil if it has none
+  # @return [ThreadState, nil] the calling thread's state, nil if it has
+  #   none - in a forked child too, which holds nothing its parent took
+  #   (the forking thread is the child's main thread, with the parent's state)
   def mine
-    @threads_mutex.synchronize { @threads[Thread.current] }
+    state = @threads_mutex.synchronize { @threads[Thread.current] }
+    state if state && state.pid == MegaMutex.pid
   end
 
   # The calling thread's state no longer says anything (nothing held, not
@@ -464,7 +467,7 @@ class MySQLMutex < DistributedMutex
   # Bookkeeping of a take (interrupts deferred).
   # @return [true]
   def record(taking)
-    state = @threads_mutex.synchronize { @threads[Thread.current] ||= ThreadState.new([], false) }
+    state = mine || @threads_mutex.synchronize { @threads[Thread.current] = ThreadState.new([], false, MegaMutex.pid) }
     state.takes << taking
     self.class.track(key, 1)
     state.locked = true

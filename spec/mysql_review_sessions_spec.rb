@@ -1,0 +1,186 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "mega_mutex/distributed_mutex"
+require "open3"
+require "timeout"
+
+# Session 6's hostile review of the :mysql store: a session killed from
+# elsewhere, a server restarted or full, a fork - at each step of take,
+# hold and release, through MegaMutex's API. Never a grant on an error,
+# never "released" for a lock the server had already dropped.
+RSpec.describe "backend :mysql: sessions killed, servers restarted or full" do
+  include MariaDBHelpers
+
+  before { skip "mariadbd is not installed" unless Servers::MariaDB.available? }
+
+  after do
+    @threads&.each do |t|
+      t.kill.join(5)
+    rescue Exception # rubocop:disable Lint/RescueException -- its own expectation looked at it
+      nil
+    end
+    @servers&.each(&:stop)
+  end
+
+  # A private server (restarted or filled here, so never the suite's).
+  def private_server(*args)
+    server = Servers::MariaDB.new(args: args).start
+    (@servers ||= []) << server
+    server
+  end
+
+  def quiet_thread(&block)
+    t = Thread.new do
+      Thread.current.report_on_exception = false
+      block.call
+    end
+    (@threads ||= []) << t
+    t
+  end
+
+  def name_of(id)
+    MegaMutex::Native::Client._mysql_lock_name(MegaMutex::Key.for(@namespace, id))
+  end
+
+  def get_lock_sessions(db)
+    db.sessions.select { |_, _, info| info.include?("GET_LOCK") }
+  end
+
+  context "on the suite's server" do
+    let(:db) { Servers::MariaDB.shared }
+
+    before { use_mariadb(db, lock_ttl: 3) }
+
+    it "a waiter whose session is killed (KILL CONNECTION) gets ConnectionError, and the lock it already held is reported lost, not released" do
+      other = MegaMutex::Lock.new("b")
+      other.lock
+      outcome = Queue.new
+      holder = quiet_thread do
+        MegaMutex.with_distributed_mutex("a") do |a|
+          begin
+            MegaMutex::Lock.new("b", timeout: 30).lock
+            outcome << :granted_b
+          rescue StandardError => e
+            outcome << e.class
+          end
+          outcome << a.unlock
+          outcome << a.lost?
+        end
+      rescue MegaMutex::LockLostError
+        outcome << :lock_lost_error
+      end
+      wait_for(within: 10, message: "the holder of a waiting for b") { get_lock_sessions(db).size == 1 }
+      db.sql("KILL CONNECTION #{get_lock_sessions(db).first.first}")
+      expect(Timeout.timeout(10) { outcome.pop }).to eq(MegaMutex::ConnectionError)
+      expect(Timeout.timeout(10) { [outcome.pop, outcome.pop] }).to eq([false, true]) # a is lost, not "released"
+      Timeout.timeout(10) { holder.join }
+      expect(db.lock_holder(name_of("a"))).to be_nil
+      expect(MegaMutex::Lock.new("b").locked?).to be(true) # b is still other's
+      expect(other.unlock).to be(true)
+    end
+
+    it "a waiter whose GET_LOCK is killed from elsewhere (KILL QUERY) gets a ServerError, never the lock" do
+      other = MegaMutex::Lock.new("k")
+      other.lock
+      waiter = quiet_thread { MegaMutex::Lock.new("k", timeout: 30).lock }
+      wait_for(within: 10, message: "the waiter in GET_LOCK") { get_lock_sessions(db).size == 1 }
+      db.sql("KILL QUERY #{get_lock_sessions(db).first.first}")
+      expect { Timeout.timeout(10) { waiter.value } }.to raise_error(MegaMutex::ServerError, /GET_LOCK returned NULL/)
+      expect(MegaMutex.get_current_lock("k")).to eq(other.holder)
+      expect(other.unlock).to be(true)
+      quiet_thread { MegaMutex::Lock.new("k", timeout: 0).then { |l| [l.try_lock, l.unlock] } }.value.then do |taken|
+        expect(taken).to eq([true, true]) # the waiter's thread left nothing behind
+      end
+    end
+
+    it "a release whose RELEASE_LOCK is killed from elsewhere (KILL QUERY on the idle session) says lost, and leaves nothing held" do
+      lock = MegaMutex::Lock.new("r")
+      lock.lock
+      db.sql("KILL QUERY #{db.lock_holder(name_of('r'))}") # lands on the idle session: its next statement is cut
+      released = lock.unlock
+      # Either the release got through (the kill was spent on nothing) or it
+      # was cut and the session closed: never held after the call.
+      expect([true, false]).to include(released)
+      wait_for(within: 10, message: "the lock freed") { db.lock_holder(name_of("r")).nil? }
+      again = MegaMutex::Lock.new("r", timeout: 0)
+      expect([again.try_lock, again.unlock]).to eq([true, true])
+    end
+
+    it "a child forked inside a MySQLMutex block leaves the parent's lock and session alone when it exits" do
+      script = <<~RUBY
+        $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
+        require "mega_mutex/distributed_mutex"
+        $stdout.sync = true
+        MegaMutex.configure do |c|
+          c.backend = :mysql
+          c.mysql_url = #{db.url.inspect}
+          c.namespace = #{@namespace.inspect}
+          c.lock_ttl = 3
+        end
+        m = MySQLMutex.new("forked", 0)
+        m.synchronize do
+          pid = fork do
+            # The child sees the parent's object: it holds nothing through it.
+            puts "child locked?=\#{m.locked?} unlock=\#{m.unlock} take=\#{MySQLMutex.new('forked', 0).lock}"
+          end
+          Process.wait(pid)
+          GC.start
+          puts "parent locked?=\#{m.locked?} held=\#{!MegaMutex::Lock.new('forked').holder.nil?}"
+          puts "other=\#{Thread.new { MySQLMutex.new('forked', 0).lock }.value}"
+        end
+        puts "after=\#{MegaMutex.get_current_lock('forked').inspect}"
+      RUBY
+      out, err, status = Open3.capture3(RbConfig.ruby, "-e", script)
+      expect(status).to be_success, err
+      expect(out.lines.map(&:chomp)).to eq(["child locked?=false unlock=false take=false",
+                                            "parent locked?=true held=true", "other=false", "after=nil"])
+    end
+  end
+
+  it "a server restarted between take and release: unlock says lost (false), lost? is true, and the next take works" do
+    server = private_server
+    use_mariadb(server, lock_ttl: 3)
+    lock = MegaMutex::Lock.new("restart")
+    lock.lock
+    server.restart
+    expect(lock.unlock).to be(false)
+    expect(lock.lost?).to be(true)
+    again = MegaMutex::Lock.new("restart", timeout: 0)
+    expect([again.try_lock, again.unlock]).to eq([true, true])
+  end
+
+  it "a server restarted under synchronize: the block ends in LockLostError, never silently fine" do
+    server = private_server
+    use_mariadb(server, lock_ttl: 3, on_lock_lost: :raise)
+    expect do
+      MegaMutex.with_distributed_mutex("restart-block") { server.restart }
+    end.to raise_error(MegaMutex::LockLostError)
+  end
+
+  it "a server at max_connections: a take is a ConnectionError naming it, never a grant; the held locks stay held" do
+    server = private_server("--max-connections=10") # MariaDB's least
+    use_mariadb(server, lock_ttl: 5)
+    holders = []
+    # Sessions until the server refuses one (max_connections, + 1 for SUPER).
+    error = nil
+    20.times do |i|
+      lock = MegaMutex::Lock.new("full-#{i}")
+      t = quiet_thread { lock.lock }
+      begin
+        Timeout.timeout(10) { t.value }
+        holders << [t, lock]
+      rescue MegaMutex::ConnectionError => e
+        error = e
+        break
+      end
+    end
+    expect(error&.message).to match(/Too many connections/)
+    expect(holders.size).to be >= 2
+    expect { quiet_thread { MegaMutex::Lock.new("full-0", timeout: 0).try_lock }.value }.to raise_error(MegaMutex::ConnectionError)
+    expect { quiet_thread { MegaMutex::Lock.new("free", timeout: 0).try_lock }.value }.to raise_error(MegaMutex::ConnectionError)
+    holders.each { |_, lock| expect(MegaMutex::Native::Client._mysql_lock_name(lock.key)).to start_with("mm=") }
+    # Still held by their sessions: a refresh of each says so.
+    holders.each { |_, lock| expect(lock.lost?).to be(false) }
+  end
+end
