@@ -13,7 +13,8 @@ require_relative "support/quorum_review_proxy"
 # between this process's client and one server, which the example still
 # reaches directly.
 RSpec.describe "The :quorum backend under review" do
-  before(:all) { @sets = QuorumServers.start_sets(self.class.descendant_filtered_examples.size, 3) }
+  # 127.0.0.2 too: a second address for the same server.
+  before(:all) { @sets = QuorumServers.start_sets(self.class.descendant_filtered_examples.size, 3, args: %w[-M -m 64 -l 127.0.0.2]) }
   after(:all) { @sets.flatten.each(&:stop) }
 
   let(:servers) { @sets.pop or raise "no servers left" }
@@ -63,6 +64,12 @@ RSpec.describe "The :quorum backend under review" do
 
   def plant(server, key, token)
     expect(server.command("add #{key} 0 60 #{token.bytesize}\r\n#{token}")).to eq("STORED\r\n")
+  end
+
+  # Gives `server`'s sentinel a tag in its flags, keeping its value (its age).
+  def tag_sentinel(server)
+    value = server.get(QuorumServers::SENTINEL)
+    server.command("set #{QuorumServers::SENTINEL} #{rand(1..0xffffffff)} 0 #{value.bytesize}\r\n#{value}")
   end
 
   def outcome
@@ -116,6 +123,58 @@ RSpec.describe "The :quorum backend under review" do
     expect(taken.message).to match(/failed to take a lock \(and give back what it won\): the lock is still ours on 2 of the 3 servers/)
     [p0, p1].each(&:clear)
     wait_for(within: 10, message: "the clean-up to remove the lock") { servers.none? { |s| s.get(key) == token } }
+  end
+
+  # The same memcached server listed twice under two names (an alias, a
+  # second address, a proxy) is one vote, not two. This attack held as far
+  # as exclusion goes - both names read the same fence CAS, so only one of
+  # their two fence writes can succeed - but the misconfiguration went
+  # unsaid: with the third server free the lock was granted on a "quorum"
+  # that survives the loss of no server; with it busy, every take said
+  # "busy". Now each take says what is wrong.
+  it "refuses a quorum that lists one server twice under two names, naming both" do
+    tag_sentinel(servers[0]) # as the store writes it (see the next example)
+    alias0 = "127.0.0.2:#{servers[0].port}" # the same server, reached by a second address
+    configure([servers[0].address, alias0, servers[1].address])
+    # A name whose reply comes late is left out of that request (and then
+    # cannot be recognised): try until both answered together.
+    refused = wait_for(within: 5, every: 0.3, message: "a take that sees both names") do
+      lock = MegaMutex::Lock.new("job")
+      taken = outcome { lock.try_lock }
+      lock.unlock if taken == true
+      taken.is_a?(MegaMutex::Error) && taken
+    end
+    expect(refused).to be_a(MegaMutex::ServerError)
+    expect(refused.message).to match(/#{Regexp.escape(alias0)} is the same memcached server as #{Regexp.escape(servers[0].address)}/)
+  end
+
+  it "writes the sentinel with a random tag in its flags, so that one server under two names is recognised" do
+    fresh = Array.new(3) { Servers::Memcached.new(args: %w[-M]).start }
+    configure(fresh.map(&:address))
+    2.times { outcome { MegaMutex::Lock.new("job").try_lock } } # young servers: the second request adds the sentinel
+    flags = fresh.map { |s| s.command("gets #{QuorumServers::SENTINEL}")[/\AVALUE \S+ (\d+) /, 1].to_i }
+    expect(flags).to all(be_positive)
+    expect(flags.uniq.size).to eq(3)
+  ensure
+    fresh&.each(&:stop)
+  end
+
+  # A server that forgot its items (flush_all) and whose sentinel came back
+  # with a value that is not a number was counted at once by a client that
+  # connected afterwards (the value was read as uptime 0: as old as the
+  # server) - though it had forgotten a lock someone held: two holders.
+  it "does not count a server whose sentinel is not a number (it may have forgotten everything)" do
+    configure(servers.map(&:address))
+    key = key_for("job")
+    plant(servers[2], key, "someone-else")
+    first = MegaMutex::Lock.new("job")
+    expect(first.try_lock).to be(true) # on servers 0 and 1
+    servers[0].flush_all
+    servers[0].command("set #{QuorumServers::SENTINEL} 0 0 7\r\ngarbage")
+    expect(servers[2].delete(key)).to be(true)
+    second = take(separate_client(servers.map(&:address)), key, "second-holder")
+    expect(second).to be(false), "a second holder on #{servers[0].address} (flushed) and #{servers[2].address}"
+    outcome { first.unlock }
   end
 
   # A take that won a majority but could not record its fencing token there

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 int q_cancelled(const q_store *q) {
@@ -23,7 +24,7 @@ static double mature_after(const q_store *q) { return (double) q->max_ttl + Q_WI
 
 int q_mature(const q_store *q, const q_server *s, double now) {
   (void) q;
-  return s->probed && now >= s->young_until;
+  return s->probed && now >= s->young_until && !s->same_as;
 }
 
 /* ---- connections ----------------------------------------------------------- */
@@ -104,6 +105,20 @@ static uint64_t srv_uptime_now(const q_server *s, double now) {
   return up < 0 ? 0 : (uint64_t) up;
 }
 
+/* A random tag, never 0, for the flags of a sentinel this client adds: the
+ * same tag, CAS and value read through two names means one server listed
+ * twice (see q_after_gets). */
+static uint32_t sentinel_tag(void) {
+  uint32_t tag = 0;
+  if (getrandom(&tag, sizeof tag, GRND_NONBLOCK) != (ssize_t) sizeof tag) {
+    char seed[48];
+    int n = snprintf(seed, sizeof seed, "%llu/%llu", (unsigned long long) mmc_wall_us(),
+                     (unsigned long long) mmc_next_generation());
+    tag = (uint32_t) mmc_fnv64(seed, (size_t) n);
+  }
+  return tag ? tag : 1;
+}
+
 /* Makes `s` part of the next request: connects when needed, and prefixes
  * the probe ("stats", "stats settings") on a new connection and the
  * sentinel's add when it was found missing. Returns 1 when it is in.
@@ -119,6 +134,7 @@ int q_srv_begin(q_server *s, double now, int same_connection) {
   s->got_lock = s->got_fence = s->got_sentinel = 0;
   s->token_len = 0;
   s->lock_cas = s->fence = s->fence_cas = s->sentinel_uptime = s->read_sentinel_cas = 0;
+  s->read_sentinel_tag = 0;
   s->fence_bad = 0;
   s->nstatus = 0;
   s->answered_at = 0;
@@ -141,8 +157,9 @@ int q_srv_begin(q_server *s, double now, int same_connection) {
     q_srv_expect(s, EX_STATS, NULL);
     q_srv_expect(s, EX_SETTINGS, NULL);
   } else if (s->need_sentinel) {
-    q_srv_write(s, "add " Q_SENTINEL " 0 0 %d noreply\r\n%llu\r\n", snprintf(NULL, 0, "%llu", (unsigned long long) srv_uptime_now(s, now)),
-              (unsigned long long) srv_uptime_now(s, now));
+    unsigned long long up = (unsigned long long) srv_uptime_now(s, now);
+    q_srv_write(s, "add " Q_SENTINEL " %lu 0 %d noreply\r\n%llu\r\n", (unsigned long) sentinel_tag(),
+                snprintf(NULL, 0, "%llu", up), up);
     s->need_sentinel = 0;
   }
   return s->state == SR_ACTIVE;
@@ -236,6 +253,14 @@ static int on_line(q_store *q, q_server *s, const char *line, size_t len, double
     q_srv_fail(s, "returned CAS 0 (server started with -C?): MegaMutex needs CAS");
     return 0;
   }
+  if (which == 2) {
+    /* The sentinel's tag: its flags (0 when it has none). */
+    const char *w[5];
+    size_t wl[5];
+    uint64_t tag;
+    (void) mmc_split(line, len, w, wl, 5);
+    s->read_sentinel_tag = mmc_number(w[2], wl[2], UINT32_MAX, &tag) ? (uint32_t) tag : 0;
+  }
   s->value_which = which;
   s->value_cas = cas;
   s->value_left = (size_t) bytes + 1; /* +1: a 0-byte value is still pending */
@@ -260,7 +285,8 @@ static void on_value(q_server *s, const char *p, size_t n) {
   } else {
     s->got_sentinel = 1;
     s->read_sentinel_cas = s->value_cas;
-    if (!mmc_number(p, n, UINT64_MAX, &s->sentinel_uptime)) s->sentinel_uptime = 0;
+    /* Not a number: it makes no sense, so it is new (check_sentinel). */
+    if (!mmc_number(p, n, UINT64_MAX, &s->sentinel_uptime)) s->sentinel_uptime = UINT64_MAX;
   }
 }
 
@@ -279,7 +305,8 @@ static void check_sentinel(q_store *q, q_server *s, double now) {
     srv_young_from(q, s, now, 0);
   } else {
     /* First look on this connection: as old as the sentinel (by the
-     * server's own clock; a value that makes no sense: new). */
+     * server's own clock; a value that makes no sense - not a number, or
+     * later than now - new). */
     uint64_t up = srv_uptime_now(s, now);
     double age = up > s->sentinel_uptime ? (double) (up - s->sentinel_uptime) : 0;
     srv_young_from(q, s, now, age);
@@ -445,12 +472,23 @@ mm_status q_run(q_store *q, int quorum_early) {
   }
 }
 
-/* Ends a request's use of the sentinel and the stats. */
+/* Ends a request's use of the sentinel and the stats. Two servers that
+ * read one sentinel - the same tag, CAS and value - are one server listed
+ * under two names (an alias, a proxy): the later one never counts (its
+ * vote would be the first one's again). */
 void q_after_gets(q_store *q, double now) {
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     if (s->state != SR_DONE) continue;
     check_sentinel(q, s, now);
+    if (!s->got_sentinel) continue;
+    s->same_as = 0;
+    for (size_t j = 0; j < i && !s->same_as; j++) {
+      q_server *o = &q->servers[j];
+      if (o->state == SR_DONE && o->got_sentinel && s->read_sentinel_tag != 0 && o->read_sentinel_tag == s->read_sentinel_tag &&
+          o->read_sentinel_cas == s->read_sentinel_cas && o->sentinel_uptime == s->sentinel_uptime)
+        s->same_as = j + 1;
+    }
   }
 }
 

@@ -62,6 +62,7 @@ typedef struct {
   char token[MM_TOKEN_MAX + 1];
   size_t token_len;
   uint64_t lock_cas, fence, fence_cas, sentinel_uptime, read_sentinel_cas;
+  uint32_t read_sentinel_tag; /* the sentinel's flags: a random tag (0: none) */
   int fence_bad;
   int status[Q_MAX_EXPECT];
   int nstatus;
@@ -95,8 +96,9 @@ typedef struct {
 
 /* Whether the waker asked the request in progress to stop. */
 int q_cancelled(const q_store *q);
-/* Whether `s` counts toward a majority: probed, and it has kept its items
- * (not restarted, not flushed) for longer than the longest lease. */
+/* Whether `s` counts toward a majority: probed, it has kept its items
+ * (not restarted, not flushed) for longer than the longest lease, and it
+ * is not an earlier server listed again under another name. */
 int q_mature(const q_store *q, const q_server *s, double now);
 
 /* Closes s's connection: the next request opens (and probes) a new one. */
@@ -122,7 +124,9 @@ void q_srv_expect(q_server *s, int kind, const char *const *accepted);
  * short grace, then are dropped from this request. */
 mm_status q_run(q_store *q, int quorum_early);
 /* After a request that read the sentinel: a server whose sentinel is gone
- * or new forgot its items, and does not count until a lease has passed. */
+ * or new forgot its items, and does not count until a lease has passed; a
+ * server whose sentinel is an earlier server's (its tag, CAS and value) is
+ * that server again, and never counts (same_as). */
 void q_after_gets(q_store *q, double now);
 
 #endif

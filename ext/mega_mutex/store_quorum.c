@@ -94,6 +94,9 @@ static mm_status no_majority(q_store *q, const char *doing, double now) {
     q_server *s = &q->servers[i];
     if (s->state == SR_FAILED)
       len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len, "; %s: %s", s->conn.label, s->error);
+    else if (s->state == SR_DONE && s->same_as)
+      len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len, "; %s is %s again (listed twice)",
+                               s->conn.label, q->servers[s->same_as - 1].conn.label);
     else if (s->state == SR_DONE && !q_mature(q, s, now))
       len += (size_t) snprintf(q->base.error + len, sizeof q->base.error - len,
                                "; %s restarted or forgot its items recently: counts in %.0f s (quorum_max_ttl)",
@@ -242,6 +245,22 @@ static void fill_holder(q_store *q, mm_bytes token, mm_holder *holder) {
   holder->version = mmc_fnv64(holder->token, holder->token_len) ^ q->servers[best_i].lock_cas;
 }
 
+/* One server listed twice under two names (q_after_gets found it): a
+ * configuration error, said at every take (its vote is never counted
+ * twice, but the quorum is not what the settings say). */
+static int listed_twice(q_store *q) {
+  for (size_t i = 0; i < q->n; i++) {
+    q_server *s = &q->servers[i];
+    if (s->state != SR_DONE || !s->same_as) continue;
+    snprintf(q->base.error, sizeof q->base.error,
+             "%s is the same memcached server as %s (both read one sentinel " Q_SENTINEL
+             "): a quorum needs %zu independent servers, each listed once (backend :quorum, memcache_servers)",
+             s->conn.label, q->servers[s->same_as - 1].conn.label, q->n);
+    return 1;
+  }
+  return 0;
+}
+
 static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32_t ttl, mm_lease_record *lease,
                             mm_holder *holder) {
   q_store *q = (q_store *) base;
@@ -255,6 +274,11 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
 
   mm_status st = read_all(q, key, 1, tok, ttl + Q_WIRE_MARGIN);
   if (st == MM_INTERRUPTED) return st;
+  if (listed_twice(q)) {
+    (void) undo(q, key, token);
+    base->maybe_applied = 1;
+    return MM_ERR_SERVER;
+  }
   double now = mmc_now();
   size_t wins = 0, answered = count_mature_done(q, now);
   uint64_t fence = 0;
