@@ -90,4 +90,30 @@ RSpec.describe "memcached store review" do
       direct&.close
     end
   end
+
+  describe "a lock removed under its holder (evicted, expired, forced) and taken by another" do
+    let(:server) { MemcachedServer.new.start }
+    after { server.stop }
+
+    it "the first holder's renewal reports it lost and re-creates nothing; its release removes nothing" do
+      a_client = MegaMutex::Native::Client.new([["127.0.0.1", server.port]], 500, 1000, 1)
+      b_client = MegaMutex::Native::Client.new([["127.0.0.1", server.port]], 500, 1000, 1)
+      a = Object.new
+      expect(a_client._acquire(a, key, "tok-a", 30, 0, 0.01, 0.01)).to be(true)
+      server.delete(key) # as an eviction would
+      expect(a_client._extend(key, "tok-a", 30)).to be(false) # lost, not re-created
+      expect(server.get(key)).to be_nil
+      b = Object.new
+      expect(b_client._acquire(b, key, "tok-b", 30, 0, 0.01, 0.01)).to be(true)
+      expect(a_client._extend(key, "tok-a", 30)).to be(false)
+      # a's CAS is a's item's, on the connection it was read on: the cas
+      # finds b's item (another CAS), and the owner check says lost.
+      expect(a_client._release(key, "tok-a", a.instance_variable_get(:@version))).to be(false)
+      expect(server.get(key)).to eq("tok-b")
+      expect(b_client._release(key, "tok-b", b.instance_variable_get(:@version))).to be(true)
+    ensure
+      a_client&.close
+      b_client&.close
+    end
+  end
 end
