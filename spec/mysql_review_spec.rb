@@ -128,4 +128,35 @@ RSpec.describe "backend :mysql under a hostile review" do
       expect(shared.locked?).to be(false)
     end
   end
+
+  describe "mysql_url read as its scheme's adapter reads it" do
+    # trilogy:// is among the schemes mysql_url takes (Rails' DATABASE_URL),
+    # and trilogy reads "localhost" as TCP: the application's connections
+    # reach the server on that port. MegaMutex's sessions went to
+    # libmariadb's default socket instead (the port ignored) - another
+    # server, where there is one, so a process configured from the same
+    # database by the Railtie (127.0.0.1:port) and one with this URL took
+    # the same lock on two servers.
+    it "trilogy://user@localhost:port locks on the server at that port, as ActiveRecord's trilogy adapter connects" do
+      use_mariadb(db)
+      url = "trilogy://root@localhost:#{db.port}"
+      MegaMutex.configure { |c| c.mysql_url = url }
+      expect(MegaMutex.configuration.mysql_settings.to_h.slice(:host, :port, :socket))
+        .to eq(MegaMutex::ActiveRecordDatabase.settings({ "url" => url }).slice(:host, :port, :socket).then { |h| { socket: nil }.merge(h) })
+      lock = MegaMutex::Lock.new("trilogy-url", timeout: 0)
+      expect(lock.try_lock).to be(true)
+      name = MegaMutex::Native::Client._mysql_lock_name(lock.key)
+      expect(db.lock_holder(name)).not_to be_nil
+      expect(lock.unlock).to be(true)
+    end
+
+    it "trilogy:// with a socket, or with neither host nor socket, is that socket (trilogy's default /tmp/mysql.sock)" do
+      settings = MegaMutex::Configuration.parse_mysql_url("trilogy://root@db1:3306/?socket=/run/x.sock")
+      expect([settings.host, settings.socket]).to eq([nil, "/run/x.sock"])
+      settings = MegaMutex::Configuration.parse_mysql_url("trilogy://root@/app")
+      expect([settings.host, settings.socket]).to eq([nil, "/tmp/mysql.sock"])
+      settings = MegaMutex::Configuration.parse_mysql_url("mysql2://root@localhost:3307")
+      expect([settings.host, settings.port, settings.socket]).to eq(["localhost", 3307, nil]) # mysql2's rule: the socket
+    end
+  end
 end

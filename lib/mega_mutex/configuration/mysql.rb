@@ -108,16 +108,30 @@ module MegaMutex
         raise ArgumentError, "mysql_url: unknown parameter(s) #{unknown.join(', ')} (only socket=/path is understood; got #{shown.inspect})" unless unknown.empty?
 
         database = uri.path.to_s.sub(%r{\A/}, "")
-        mysql_settings_from(
+        parts = {
           host: uri.host.to_s.empty? ? nil : uri.host.delete_prefix("[").delete_suffix("]"),
           port: uri.port,
           socket: params["socket"],
           username: uri.user && URI.decode_www_form_component(uri.user),
           password: uri.password && URI.decode_www_form_component(uri.password),
-          database: database.empty? ? nil : URI.decode_www_form_component(database),
-          shown: shown
-        )
+          database: database.empty? ? nil : URI.decode_www_form_component(database)
+        }
+        mysql_settings_from(**as_trilogy_reads(uri.scheme.downcase, parts), shown: shown)
       end
+
+      # A trilogy:// URL reaches the server trilogy would (Rails' DATABASE_URL
+      # for the application's own connections): "localhost" is TCP, a socket
+      # wins over a host, neither is /tmp/mysql.sock - not libmariadb's
+      # default socket, which may be another server's. Other schemes are
+      # read as mysql2 and libmariadb read them ("localhost" is the socket).
+      # @return [Hash] parts, as that adapter reads them
+      def as_trilogy_reads(scheme, parts)
+        return parts unless scheme == "trilogy"
+
+        require "mega_mutex/active_record_database"
+        ActiveRecordDatabase.settings(parts.merge(adapter: "trilogy"))
+      end
+      private :as_trilogy_reads
 
       # @api private
       # @return [String] url with its password replaced by [FILTERED]
