@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "socket"
 require_relative "support/fake_memcached"
 
 # A hostile review of the :memcached store, command by command: every reply
@@ -118,6 +119,34 @@ RSpec.describe "memcached store review: each command under faults" do
         expect(take_state.instance_variable_get(:@outcome_unknown)).to be(true) if timed_out.include?(:take)
       end
     end
+  end
+
+  it "a listener whose backlog is full (the connect never completes) ends with ConnectionError after connect_timeout" do
+    listener = Socket.new(:INET, :STREAM)
+    listener.bind(Addrinfo.tcp("127.0.0.1", 0))
+    listener.listen(0) # never accepted
+    port = listener.local_address.ip_port
+    fillers = Array.new(4) do
+      s = Socket.new(:INET, :STREAM)
+      begin
+        s.connect_nonblock(Addrinfo.tcp("127.0.0.1", port))
+      rescue IO::WaitWritable
+        nil
+      end
+      s
+    end
+    c = MegaMutex::Native::Client.new([["127.0.0.1", port]], 300, 300, 0)
+    thread = Thread.new do
+      c._acquire(Object.new, key, "tok-a", 5, 0, 0.01, 0.01)
+    rescue MegaMutex::ConnectionError => e
+      e
+    end
+    wait_for(within: 10, message: "the take to end") { !thread.alive? }
+    expect(thread.value.message).to match(/could not connect: timed out .*connect_timeout/)
+  ensure
+    c&.close
+    fillers&.each(&:close)
+    listener&.close
   end
 
   describe "an error or a wrong status word at each step" do
