@@ -8,7 +8,8 @@ RSpec.describe MegaMutex::Pool do
   # Runs `body` in a child with the gem loaded and this example's memcached
   # and namespace, and returns what it printed. In `body`, burst(n) makes n
   # threads hold a client each at the same moment (a barrier), then give
-  # them back, and returns the errors raised; fds counts open descriptors.
+  # them back, and returns the errors raised; limit_leaving(n) is the
+  # descriptor limit that leaves n numbers free.
   def run_burst(body)
     script = <<~RUBY
       KEY = "\#{ENV['MM_NAMESPACE']}:pool"
@@ -34,7 +35,15 @@ RSpec.describe MegaMutex::Pool do
         workers.each(&:join)
         Array.new(errors.size) { errors.pop }
       end
-      def fds = Dir.children("/proc/self/fd").size
+      # The descriptor limit that leaves exactly `free` numbers to open (a
+      # limit bounds the numbers, and descriptors inherited from the parent
+      # may leave gaps below the highest one).
+      def limit_leaving(free)
+        used = Dir.children("/proc/self/fd").map(&:to_i).sort
+        limit = 0
+        limit += 1 while limit - used.count { |fd| fd < limit } < free
+        limit
+      end
       #{body}
     RUBY
     out, err, status = run_ruby(script, timeout: 60)
@@ -99,7 +108,7 @@ RSpec.describe MegaMutex::Pool do
     out = run_burst(<<~'RUBY')
       MegaMutex.pool.with { |c| c._read(KEY) } # the first client, opened while descriptors are plenty
       soft, hard = Process.getrlimit(:NOFILE)
-      Process.setrlimit(:NOFILE, fds + 24, hard) # room for about 12 clients
+      Process.setrlimit(:NOFILE, limit_leaving(24), hard) # room for about 12 clients
       errors = burst(60)
       Process.setrlimit(:NOFILE, soft, hard)
       puts "errors=#{errors.size}"
