@@ -10,6 +10,7 @@
 #define _GNU_SOURCE /* ppoll */
 #ifdef HAVE_MARIADB
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
@@ -91,8 +92,32 @@ static int wait_io(mm_mariadb_link *l, MYSQL *m, int status, double deadline, in
   }
 }
 
-/* Opens a connection (non-blocking, no reconnect); the waker ends it when
- * watch_cancel. MM_OK with *out set, MM_INTERRUPTED or MM_ERR_CONNECTION. */
+/*
+ * Marks m's socket close-on-exec once it exists: 1 when it is (or there is
+ * no socket yet), 0 when fcntl failed. libmariadb opens it without the flag,
+ * and a program the application starts while a lock is held would keep the
+ * session, and so the lock, open after its holder is killed.
+ */
+static int close_on_exec(MYSQL *m, int *done) {
+  if (*done) return 1;
+  my_socket fd = mysql_get_socket(m);
+  if (fd == MARIADB_INVALID_SOCKET) return 1;
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0 || ((flags & FD_CLOEXEC) == 0 && fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0)) return 0;
+  *done = 1;
+  return 1;
+}
+
+static mm_status not_close_on_exec(mm_mariadb_link *l, MYSQL *m) {
+  mm_mariadb_set_error(l, "cannot connect to MariaDB at %s: %s (errno %u)", "its socket could not be marked close-on-exec",
+                       (unsigned) errno);
+  mm_mariadb_conn_abort(m);
+  return MM_ERR_CONNECTION;
+}
+
+/* Opens a connection (non-blocking, no reconnect, close-on-exec); the waker
+ * ends it when watch_cancel. MM_OK with *out set, MM_INTERRUPTED or
+ * MM_ERR_CONNECTION. */
 mm_status mm_mariadb_conn_open(mm_mariadb_link *l, MYSQL **out, int watch_cancel) {
   *out = NULL;
   MYSQL *m = mysql_init(NULL);
@@ -113,7 +138,9 @@ mm_status mm_mariadb_conn_open(mm_mariadb_link *l, MYSQL **out, int watch_cancel
   MYSQL *ret = NULL;
   int status = mysql_real_connect_start(&ret, m, l->socket ? NULL : l->host, l->user, l->password, l->database,
                                         l->socket ? 0 : l->port, l->socket, 0);
+  int cloexec = 0;
   while (status) {
+    if (!close_on_exec(m, &cloexec)) return not_close_on_exec(l, m);
     int ev = wait_io(l, m, status, deadline, watch_cancel);
     if (ev < 0) {
       mm_mariadb_conn_abort(m);
@@ -130,6 +157,7 @@ mm_status mm_mariadb_conn_open(mm_mariadb_link *l, MYSQL **out, int watch_cancel
     mysql_close(m);
     return MM_ERR_CONNECTION;
   }
+  if (!close_on_exec(m, &cloexec)) return not_close_on_exec(l, m);
   *out = m;
   return MM_OK;
 }
