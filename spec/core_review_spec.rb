@@ -196,4 +196,56 @@ RSpec.describe "lock core review" do
       expect(b_after_a).to be(true), "the waiter ran its block while the holder was still inside its own"
     end
   end
+
+  describe "a grant that reaches Ruby after its lease ran out (the GVL was hogged meanwhile)" do
+    # The take succeeds in C, without the GVL; the thread then waits for the
+    # GVL, which another thread holds for longer than the lease. The lease
+    # it was granted has run out - and another process took the lock - by
+    # the time it can say it holds it: it must not enter its block.
+    it "backend :memcached: is not entered; the taker waits on and gets the lock once it is free" do
+      id = "stale-grant"
+      key = key_for(id)
+      MegaMutex.pool.with { |c| expect(c._acquire(Object.new, key, "ghost:1:0", 1, 0, 0.002, 0.05)).to be(true) }
+      script = <<~RUBY
+        id = #{id.inspect}
+        parent = #{Process.pid}
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 20
+        until (MegaMutex.get_current_lock(id) || "").split(":")[1] == parent.to_s
+          if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+            $stdout.write("T")
+            exit 1
+          end
+          sleep 0.005
+        end
+        MegaMutex.with_distributed_mutex(id, timeout: 20) do
+          $stdout.write("H")
+          $stdout.flush
+          $stdin.read
+        end
+      RUBY
+      prelude = "$LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect}); require 'mega_mutex'; " \
+                "MegaMutex.configure { |c| c.memcache_servers = [#{memcached.address.inspect}]; c.namespace = #{@namespace.inspect} };"
+      stdin, stdout, child = Open3.popen2(RbConfig.ruby, "-e", prelude + script)
+      seen = nil
+      b = Thread.new do
+        MegaMutex.with_distributed_mutex(id, timeout: nil, ttl: 1) do |lock|
+          seen = { holder: MegaMutex.get_current_lock(id), mine: lock.instance_variable_get(:@hold).token, lost: lock.lost? }
+        end
+      rescue MegaMutex::LockLostError
+        nil
+      end
+      wait_for(message: "the taker polling in C") { b.status == "sleep" }
+      hog_gvl_until_readable(stdout) # until the child holds the lock (or gives up: "T")
+      stdin.close
+      raise "the taker is still waiting" unless b.join(20)
+
+      child.join
+      expect(seen).not_to be_nil
+      expect(seen[:lost]).to be(false)
+      expect(seen[:holder]).to eq(seen[:mine]), "entered its block holding nothing: the lock was #{seen[:holder].inspect}'s"
+    ensure
+      stdin&.close unless stdin&.closed?
+      stdout&.close
+    end
+  end
 end

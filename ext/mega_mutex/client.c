@@ -25,7 +25,8 @@
 
 static VALUE cClient;
 static VALUE eError, eConnectionError, eServerError, eDeadlockError;
-static ID id_iv_id, id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown, id_iv_fencing_token;
+static ID id_iv_id, id_iv_version, id_iv_attempts, id_iv_waited, id_iv_holder, id_iv_outcome_unknown, id_iv_fencing_token,
+    id_iv_valid_until;
 
 typedef struct {
   mm_store *store;
@@ -270,13 +271,56 @@ static void *acquire_nogvl(void *p) {
   return NULL;
 }
 
+typedef struct {
+  acquire_args *a;
+  mm_status status;
+  int ran;
+} stale_args;
+
+static void *release_stale_nogvl(void *p) {
+  stale_args *r = p;
+  acquire_args *a = r->a;
+  r->ran = 1;
+  r->status = a->store->ops->release(a->store, a->key, a->token, &a->lease, 0);
+  return NULL;
+}
+
+/* A grant that came back to Ruby too late: the thread waited for the GVL
+ * (another thread held it, in a C call that never lets go) for longer than
+ * the lease it was granted, which has run out - and someone else may hold
+ * the lock now. It is given back if it is still there (owner-checked, on
+ * the lease's own version) so that the take can go on. MM_OK: it is not
+ * on the server any more (removed, gone or someone else's). An error: it
+ * may still be there; the caller must not take again with this token. An
+ * interrupt is raised, with the client given back (state's
+ * @outcome_unknown is set, so the take's undo hands the token to the
+ * clean-up). */
+static mm_status release_stale(VALUE self, mm_client **cp, acquire_args *a) {
+  stale_args r;
+  memset(&r, 0, sizeof r);
+  r.a = a;
+  for (;;) {
+    mm_waker_reset(&(*cp)->waker);
+    r.ran = 0;
+    rb_nogvl(release_stale_nogvl, &r, mm_waker_wake, &(*cp)->waker, RB_NOGVL_INTR_FAIL | RB_NOGVL_UBF_ASYNC_SAFE);
+    if (r.ran && r.status != MM_INTERRUPTED) break;
+    client_give_back(*cp);
+    rb_thread_check_ints();
+    *cp = client_take(self);
+  }
+  return r.status == MM_HELD || r.status == MM_ABSENT ? MM_OK : r.status;
+}
+
 /*
  * _acquire(state, key, token, ttl, timeout, backoff_min, backoff_max) -> true | false
  *
  * ttl: the lock_ttl; the store applies its own lease rules (a margin on the
  * wire, its limit). true: taken; state's @version holds the lease record.
  * true: taken; state's @version is set before anything can interrupt this
- * thread, so an `ensure` that checks it always releases what was taken.
+ * thread, so an `ensure` that checks it always releases what was taken;
+ * state's @valid_until is when the lease as granted ends (CLOCK_MONOTONIC
+ * seconds). A grant whose lease had already run out when the GVL came back
+ * is never returned: it is given back and the wait goes on.
  * false: timed out; state's @holder names the holder seen last.
  * @attempts and @waited are set in both cases.
  * When an error (ConnectionError, ServerError) or an interrupt
@@ -318,6 +362,20 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
      * UBF_ASYNC_SAFE: the waker may be called from a signal handler. */
     rb_nogvl(acquire_nogvl, &a, mm_waker_wake, &c->waker, RB_NOGVL_INTR_FAIL | RB_NOGVL_UBF_ASYNC_SAFE);
     if (a.ran) attempts += a.stats.attempts;
+    if (a.ran && a.status == MM_OK && a.lease.valid_until <= mm_monotonic()) {
+      /* Taken, but the GVL came back after the lease had run out: not
+       * ours to enter. Given back, then the wait goes on (a new take). */
+      rb_ivar_set(state, id_iv_outcome_unknown, Qtrue); /* until the give-back is known */
+      mm_status st = release_stale(self, &c, &a);
+      if (st != MM_OK) {
+        a.status = st;
+        break; /* raised below, @outcome_unknown set: the clean-up takes it from here */
+      }
+      rb_ivar_set(state, id_iv_outcome_unknown, Qnil);
+      memset(&a.lease, 0, sizeof a.lease);
+      memset(&a.holder, 0, sizeof a.holder); /* no hint from a grant given back */
+      continue;
+    }
     if (a.ran && a.status != MM_INTERRUPTED) break;
     if (a.ran && c->store->maybe_applied) rb_ivar_set(state, id_iv_outcome_unknown, Qtrue);
     /* Interrupted: raise the pending exception, if any, with the client
@@ -331,6 +389,9 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
   double waited = mm_monotonic() - start;
   switch (a.status) {
   case MM_OK:
+    /* The lease as the store granted it (CLOCK_MONOTONIC): its renewal and
+     * lost? count from the take, not from when Ruby got here. */
+    rb_ivar_set(state, id_iv_valid_until, DBL2NUM(a.lease.valid_until));
     rb_ivar_set(state, id_iv_version, pack_lease(&a.lease));
     /* Only stores with MM_CAP_FENCING give one (an Integer: no allocation
      * below 2**62). */
@@ -555,6 +616,7 @@ void mm_client_init(VALUE mNative) {
   id_iv_holder = rb_intern("@holder");
   id_iv_outcome_unknown = rb_intern("@outcome_unknown");
   id_iv_fencing_token = rb_intern("@fencing_token");
+  id_iv_valid_until = rb_intern("@valid_until");
 
   cClient = rb_define_class_under(mNative, "Client", rb_cObject);
   rb_define_alloc_func(cClient, client_alloc);

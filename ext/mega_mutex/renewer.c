@@ -435,7 +435,10 @@ mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token,
     return NULL;
   }
   lease->lane = lane;
-  lease->next_due = mm_monotonic() + lane->store->ops->renew_after(lane->store, ttl);
+  /* A third of the way through the lease as taken (valid_until - ttl): at
+   * once if the taker waited that long for the GVL before getting here. */
+  double renew_after = lane->store->ops->renew_after(lane->store, ttl);
+  lease->next_due = fmin(mm_monotonic() + renew_after, valid_until - (double) ttl + renew_after);
   pthread_mutex_lock(&lane->mutex);
   int ok = 1;
   if (lane->count == lane->capacity) {

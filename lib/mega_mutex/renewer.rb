@@ -114,7 +114,9 @@ module MegaMutex
 
       @mutex.synchronize do
         @active_at = now
-        due = @active_at + hold.ttl / 3.0
+        # A third of the way through the lease as taken (at once if the GVL
+        # kept the taker that long), or through lock_ttl from now.
+        due = [@active_at + hold.ttl / 3.0, hold.valid_until - hold.ttl * 2 / 3.0].min
         @due[hold] = due
         start_thread
         wake_by(due)

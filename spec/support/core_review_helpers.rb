@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "fiddle"
+require "io/nonblock"
 require "io/wait"
 
 # Tools for the lock core's hostile review (spec/core_review_*.rb): a thread
@@ -29,6 +30,7 @@ module CoreReviewHelpers
   # Holds the GVL until a byte can be read from `io` (written by another process).
   # @return [Integer] read(2)'s result
   def hog_gvl_until_readable(io)
+    io.nonblock = false # Ruby makes its pipes non-blocking
     buf = Fiddle::Pointer.malloc(1, Fiddle::RUBY_FREE)
     READ_WITH_GVL.call(io.fileno, buf, 1)
   end

@@ -134,9 +134,11 @@ module MegaMutex
     # it leaves @taking set, and #undo_grant takes back whatever was done.
     def register(holds, hold)
       hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      # A session's lock has no end of its own: it lasts while the session
-      # does, which the renewer's refreshes check.
-      hold.valid_until = @session ? Float::INFINITY : hold.locked_at + hold.ttl
+      # The lease as the store granted it (set by the extension): it counts
+      # from the take, not from now - the thread may have waited long for the
+      # GVL in between. A session's lock has no end of its own: it lasts
+      # while the session does, which the renewer's refreshes check.
+      hold.valid_until = @session ? Float::INFINITY : (hold.valid_until || hold.locked_at + hold.ttl)
       holds[@key] = hold
       adopt(hold)
       Renewer.current.add(hold)
