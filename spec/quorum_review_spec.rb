@@ -177,6 +177,28 @@ RSpec.describe "The :quorum backend under review" do
     outcome { first.unlock }
   end
 
+  # A fence is read as a number up to 2**63 - 1, and a take writes the
+  # largest fence it read plus one. One server (a minority) answering a
+  # fence at that limit made the take write 2**63 to the majority it won -
+  # a value every later take reads as garbage and ignores: the next token
+  # came from the wall clock, far below. Tokens went backwards.
+  it "keeps fencing tokens growing after a server answered a fence at the parser's limit" do
+    configure(servers.map(&:address))
+    fence = "~f#{key_for('job')}"
+    limit = (2**63 - 1).to_s
+    expect(servers[2].command("set #{fence} 0 0 #{limit.bytesize}\r\n#{limit}")).to eq("STORED\r\n")
+    tokens = Array.new(2) { outcome { MegaMutex.with_distributed_mutex("job") { |lock| lock.fencing_token } } }
+    expect(tokens).to all(be_an(Integer))
+    expect(tokens[1]).to be > tokens[0]
+    # At the largest fence a take writes, no larger token can be given: the take says so.
+    top = (2**62 - 1).to_s
+    servers.each { |s| s.command("set #{fence} 0 0 #{top.bytesize}\r\n#{top}") }
+    ran = false
+    expect { MegaMutex.with_distributed_mutex("job") { ran = true } }
+      .to raise_error(MegaMutex::ServerError, /the fence of this lock is at its limit/)
+    expect(ran).to be(false)
+  end
+
   # A take that won a majority but could not record its fencing token there
   # is undone; when the undo's removals are refused by a majority too, the
   # take must not report "busy" (try_lock false) with its own lock left on

@@ -281,7 +281,8 @@ static void on_value(q_server *s, const char *p, size_t n) {
   } else if (s->value_which == 1) {
     s->got_fence = 1;
     s->fence_cas = s->value_cas;
-    if (!mmc_number(p, n, UINT64_MAX / 2, &s->fence)) s->fence_bad = 1;
+    /* Above Q_FENCE_MAX: no token this store wrote - ignored. */
+    if (!mmc_number(p, n, Q_FENCE_MAX, &s->fence)) s->fence_bad = 1;
   } else {
     s->got_sentinel = 1;
     s->read_sentinel_cas = s->value_cas;

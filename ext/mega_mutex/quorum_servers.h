@@ -25,6 +25,8 @@
 #define Q_STRAGGLER_SKIP 0.25    /* a server dropped as too slow is not asked for this long */
 #define Q_RETRY_TIMEOUT 1.0      /* a server that refused a connection is not asked for this long */
 #define Q_SENTINEL "~mm:epoch"
+#define Q_FENCE_MAX (UINT64_MAX / 4) /* largest fence read or written: a take that read it
+                                        cannot issue a larger token, and refuses */
 
 enum { EX_STATS, EX_SETTINGS, EX_GETS, EX_STATUS };
 enum { SR_IDLE, SR_ACTIVE, SR_DONE, SR_FAILED };

@@ -303,7 +303,18 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
     return MM_HELD;
   }
 
-  /* Won: the fence. */
+  /* Won: the fence. A token must be larger than every fence read and
+   * readable back (at most Q_FENCE_MAX): at the limit, no take can issue
+   * one (a server that answers such a fence is broken or hostile). */
+  if (fence >= Q_FENCE_MAX) {
+    (void) undo(q, key, token);
+    snprintf(base->error, sizeof base->error,
+             "quorum of %zu memcached servers: the fence of this lock is at its limit (%llu): no larger fencing token "
+             "can be given (delete its fence key, ~f + the key, on every server, once no process holds it)",
+             q->n, (unsigned long long) fence);
+    base->maybe_applied = 1;
+    return MM_ERR_SERVER;
+  }
   uint64_t t = mmc_wall_us();
   if (fence > t) t = fence;
   t += 1;
