@@ -121,6 +121,27 @@ RSpec.describe "memcached store review: each command under faults" do
     end
   end
 
+  describe "a value at the size limits" do
+    it "1 MiB is drained and read as a holder that no token equals: no grant, and the next call is in step" do
+      big = "tok-a" + ("x" * ((1 << 20) - 5))
+      fake.put(key, big)
+      c = client
+      expect(c._read(key)).to end_with(" ...")
+      expect(take(c, "tok-a").first).to be(false)
+      expect(c._extend(key, "tok-a", 5)).to be(false)
+      expect(c._release(key, "tok-a", nil)).to be(false)
+      expect(fake.value(key)).to eq(big)
+    end
+
+    it "more than 1 MiB announced is a ServerError before a byte of it is read, and the next call is in step" do
+      fake.on("gets", times: 1) { |cmd| cmd.reply("VALUE #{cmd.key} 0 #{(1 << 20) + 1} 1\r\n") }
+      c = client
+      expect { c._read(key) }.to raise_error(MegaMutex::ServerError, /malformed reply/)
+      fake.put(key, "tok-z")
+      expect(c._read(key)).to eq("tok-z")
+    end
+  end
+
   it "a listener whose backlog is full (the connect never completes) ends with ConnectionError after connect_timeout" do
     listener = Socket.new(:INET, :STREAM)
     listener.bind(Addrinfo.tcp("127.0.0.1", 0))
