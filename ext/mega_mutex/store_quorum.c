@@ -296,7 +296,13 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   if (wins < q->majority || now >= valid_until) {
     fill_holder(q, token, holder);
     size_t left = undo(q, key, token);
-    if (left > q->n - q->majority) return left_ours(q, "take a lock (and give back what it won)", left);
+    if (left > q->n - q->majority) {
+      if (q_cancelled(q)) {
+        base->maybe_applied = 1; /* the undo was cut short: the caller cleans up */
+        return MM_INTERRUPTED;
+      }
+      return left_ours(q, "take a lock (and give back what it won)", left);
+    }
     base->maybe_applied = 0;
     for (size_t i = 0; i < q->n; i++)
       if (q->servers[i].state == SR_FAILED && q->servers[i].wrote_store) base->maybe_applied = 1;
