@@ -159,4 +159,48 @@ RSpec.describe "backend :mysql under a hostile review" do
       expect([settings.host, settings.port, settings.socket]).to eq(["localhost", 3307, nil]) # mysql2's rule: the socket
     end
   end
+
+  describe "a Lock released from another thread while its taker starts a take" do
+    # Thread A holds x and starts taking y: it has its session in hand
+    # (Session.for) when thread B unlocks A's x, the session's last hold,
+    # and the session goes back to the pool. A then took y on that
+    # session's connection although it sat in the pool, and thread C,
+    # checking it out, took y again on the same MariaDB session (which
+    # counts re-takes): A and C both held y.
+    it "never lets a take use a session that went back to the pool meanwhile: a third thread cannot take what it holds" do
+      session_class = MegaMutex.const_get(:Session)
+      x = MegaMutex::Lock.new("cross-x", timeout: 0)
+      a_at_adopt = Queue.new
+      b_done = Queue.new
+      a_y = MegaMutex::Lock.new("cross-y", timeout: 0)
+      a = quiet_thread do
+        expect(x.try_lock).to be(true)
+        hook = TracePoint.new(:call) do |tp|
+          next unless tp.method_id == :adopt && tp.defined_class == session_class && Thread.current[:review_hook]
+
+          Thread.current[:review_hook] = false
+          a_at_adopt << true
+          b_done.pop
+        end
+        Thread.current[:review_hook] = true
+        hook.enable(target_thread: Thread.current) { a_y.try_lock }
+      end
+      Timeout.timeout(10) { a_at_adopt.pop }
+      expect(quiet_thread { x.unlock }.value).to be(true) # B gives back A's x: A's session holds nothing now
+      b_done << true
+      expect(Timeout.timeout(10) { a.value }).to be(true) # A holds y
+      begin
+        c = quiet_thread do
+          lock = MegaMutex::Lock.new("cross-y", timeout: 0)
+          taken = lock.try_lock
+          lock.unlock if taken
+          taken
+        end.value
+        expect(c).to be(false)
+      ensure
+        expect(quiet_thread { a_y.unlock }.value).to be(true)
+      end
+      expect(MegaMutex.get_current_lock("cross-y")).to be_nil
+    end
+  end
 end

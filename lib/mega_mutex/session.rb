@@ -51,6 +51,7 @@ module MegaMutex
       @thread = thread
       @client = pool.checkout
       @mutex = Mutex.new
+      @state = Mutex.new # @holds, @done, @client: a hold may be released by another thread
       @holds = []
       @broken = false
       @done = false
@@ -75,11 +76,18 @@ module MegaMutex
     end
 
     # A take on this session is starting: it counts as a hold until {#forget}.
+    # A session that went back to the pool meanwhile (its last hold released
+    # by another thread after {Session.for} returned it) takes a client of
+    # its own again: the one it gave back may be another thread's by now,
+    # and MariaDB would grant that thread what this one takes.
     # @param hold [Lock::Hold]
     # @return [void]
     def adopt(hold)
-      @holds << hold
-      Session.registry(@thread)[@pool] = self
+      @state.synchronize do
+        reopen if @done
+        @holds << hold
+        Session.registry(@thread)[@pool] = self
+      end
     end
 
     # A hold is released, or its take did not take it: the session goes back
@@ -87,8 +95,10 @@ module MegaMutex
     # @param hold [Lock::Hold]
     # @return [void]
     def forget(hold)
-      @holds.delete_if { |h| h.equal?(hold) }
-      finish if @holds.empty?
+      @state.synchronize do
+        @holds.delete_if { |h| h.equal?(hold) }
+        finish if @holds.empty?
+      end
     end
 
     # Its last request failed: close it once it holds nothing.
@@ -104,6 +114,17 @@ module MegaMutex
 
     private
 
+    # Under @state: a finished session made usable again, on a client of its
+    # own (it holds nothing, so nothing is lost with the old one).
+    def reopen
+      Thread.handle_interrupt(Lock::DEFER) do
+        @client = @pool.checkout
+        @broken = false
+        @done = false
+      end
+    end
+
+    # Under @state.
     def finish
       return if @done
 
