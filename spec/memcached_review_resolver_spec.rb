@@ -89,4 +89,26 @@ RSpec.describe "memcached server names resolved once" do
     end
     expect(resolver.resolutions).to eq(2)
   end
+
+  it "a name that stops resolving (the name server away) keeps its server reachable at the addresses it had" do
+    fake.put("k", "someone")
+    resolver.point_at("127.0.0.1")
+    script = <<~RUBY
+      c = MegaMutex::Native::Client.new([[#{host.inspect}, #{fake.port}]], 1000, 1000, 0)
+      step(c._read("k"))
+      err = begin; c._read("k"); rescue MegaMutex::ConnectionError => e; e.message; end
+      step(err)
+      step(c._read("k"))
+    RUBY
+    resolver.run_ruby(script) do |talk|
+      expect(talk.call).to eq("someone")
+      resolver.point_at("")
+      # The connection, and a new one, closed before answering: the
+      # addresses are stale, to be looked up again.
+      fake.on("gets", times: 2, &:close)
+      expect(talk.call).to match(/closed the connection/)
+      expect(talk.call).to eq("someone") # looked up (in vain), then the old addresses
+    end
+    expect(resolver.resolutions).to eq(2)
+  end
 end

@@ -99,9 +99,13 @@ int mmc_addresses_get(mmc_conn *c, mmc_addresses *out, char *why, size_t whylen)
     snprintf(port, sizeof port, "%u", c->port);
     __atomic_add_fetch(&resolution_counter, 1, __ATOMIC_RELAXED);
     int gai = getaddrinfo(c->host, port, &hints, &list);
-    if (gai != 0) { /* the old list (if any) stays, still stale: tried again next time */
+    if (gai != 0 && c->addrs == NULL) {
       snprintf(why, whylen, "could not resolve host: %s", gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
       return MMC_ADDR_RESOLVE;
+    }
+    if (gai != 0) { /* the name server is away: the old list once more, still stale (looked up next time) */
+      out->first = c->addrs;
+      return 0;
     }
     if (c->addrs != NULL) freeaddrinfo(c->addrs);
     c->addrs = list;

@@ -86,7 +86,8 @@ uint64_t mmc_next_generation(void);
  * resolved again before the next connect only once it failed: a connect to
  * it failed (mmc_addresses_stale), or a connection to it closed before it
  * answered anything (mmc_conn_close) - a server that moved to a new address
- * is found again. A failed resolution keeps the old list for later tries. */
+ * is found again. When the name no longer resolves (the name server away),
+ * the old list is used meanwhile, and the name looked up again next time. */
 typedef struct {
   struct addrinfo *first;
   struct addrinfo *resolved; /* to free (never the connection's cached list) */
