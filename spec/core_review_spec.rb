@@ -3,6 +3,7 @@
 require "spec_helper"
 require_relative "support/core_review_helpers"
 require_relative "support/interrupt_points"
+require_relative "support/core_review_scheduler"
 
 # The lock core's hostile review (2026-12-02): each example is a path by
 # which a lock was granted twice, or left held by nobody, or held by nobody
@@ -246,6 +247,58 @@ RSpec.describe "lock core review" do
     ensure
       stdin&.close unless stdin&.closed?
       stdout&.close
+    end
+  end
+
+  describe "two fibers of one thread" do
+    before do
+      MegaMutex.configure { |c| c.backend = :memory }
+      MegaMutex::MemoryStore.reset!
+    end
+
+    after { MegaMutex::MemoryStore.reset! }
+
+    it "are two holders: a fiber scheduler's second fiber waits for the first one's release" do
+      events = []
+      Thread.new do
+        Fiber.set_scheduler(CoreReviewScheduler.new)
+        Fiber.schedule do
+          MegaMutex.with_distributed_mutex("fibers") do
+            events << :a_in
+            sleep 0.05 # the scheduler runs the other fiber meanwhile
+            events << :a_out
+          end
+        end
+        Fiber.schedule do
+          MegaMutex.with_distributed_mutex("fibers", timeout: 5) do
+            events << :b_in
+            events << :b_out
+          end
+        end
+      end.join(20) || raise("the fibers did not finish")
+      expect(events).to eq(%i[a_in a_out b_in b_out])
+    end
+
+    it "without a scheduler, the second fiber is refused instead of entering (a wait could never end)" do
+      entered = []
+      first = Fiber.new do
+        MegaMutex.with_distributed_mutex("fibers") do
+          entered << :first
+          Fiber.yield
+        end
+      end
+      first.resume
+      second = Fiber.new do
+        MegaMutex.with_distributed_mutex("fibers", timeout: 1) { entered << :second }
+      rescue MegaMutex::Error => e
+        e
+      end
+      expect(second.resume).to be_a(MegaMutex::DeadlockError)
+      skip_if_free = Fiber.new { MegaMutex.with_distributed_mutex_if_free("fibers") { entered << :third } }
+      expect(skip_if_free.resume).to be(false)
+      first.resume
+      expect(entered).to eq([:first])
+      expect(MegaMutex.with_distributed_mutex_if_free("fibers") { entered << :after }).to be(true)
     end
   end
 end

@@ -17,6 +17,8 @@ module MegaMutex
       attr_reader :pool
       # @return [Thread] the thread that took it
       attr_reader :thread
+      # @return [Fiber] the fiber that took it: reentrancy is per fiber
+      attr_reader :fiber
       # @return [Integer] the process that took it
       attr_reader :pid
       # @return [Integer] lease length in seconds
@@ -74,6 +76,7 @@ module MegaMutex
         @ttl = ttl
         @config = config
         @thread = Thread.current
+        @fiber = Fiber.current
         @pid = MegaMutex.pid
         @depth = 0
         @version = nil

@@ -41,7 +41,7 @@ module MegaMutex
       hold
     end
 
-    # @return [Boolean] taken (or already held by this thread)
+    # @return [Boolean] taken (or already held by this fiber)
     def acquire(timeout)
       holds = Lock.holds
       if (hold = holds[@key])
@@ -49,20 +49,17 @@ module MegaMutex
         # (outside Process._fork and Process.daemon) must never adopt a hold
         # of its parent's, which would let two holders in.
         if hold.pid == Process.pid
-          # A session lock lives on one server: the same key held through
-          # another server's pool (MySQLMutex's connection argument) is not
-          # this lock, and adopting it would let a second holder in there.
-          if hold.session && !hold.pool.equal?(@pool)
-            raise Error, "this thread already holds #{@key} through another MySQL server's settings: " \
-                         "a lock name can be held through one server at a time per thread"
-          end
+          return adopt_own(hold) if hold.fiber.equal?(Fiber.current)
 
-          Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
-          return true
+          # Another fiber of this thread holds it: not this fiber's to enter
+          # (two fibers of one thread interleave, under a Fiber.scheduler at
+          # every I/O). Wait for that fiber to give it back, then take it.
+          timeout = wait_for_fiber(holds, timeout)
+          return false if timeout == :timed_out
+        else
+          MegaMutex.forked!
+          holds = Lock.holds
         end
-
-        MegaMutex.forked!
-        holds = Lock.holds
       end
 
       # Taken by a block (#synchronize): the client stays with the hold until
@@ -104,6 +101,49 @@ module MegaMutex
         @pool.checkin(client) unless hold&.client.equal?(client)
       end
       finish_take(holds, hold, timeout)
+    end
+
+    # A nested take in the fiber that holds the lock (reentrancy).
+    # @return [true]
+    def adopt_own(hold)
+      # A session lock lives on one server: the same key held through
+      # another server's pool (MySQLMutex's connection argument) is not
+      # this lock, and adopting it would let a second holder in there.
+      if hold.session && !hold.pool.equal?(@pool)
+        raise Error, "this thread already holds #{@key} through another MySQL server's settings: " \
+                     "a lock name can be held through one server at a time per thread"
+      end
+
+      Thread.handle_interrupt(DEFER) { adopt(hold) } # both depths or neither
+      true
+    end
+
+    # Waits until no other fiber of this thread holds the key. Under a
+    # Fiber.scheduler it sleeps through the scheduler (which runs the holder
+    # meanwhile), with the lock's backoff; without one, the holder cannot
+    # run until this fiber gives way, so a wait would never end: that is a
+    # DeadlockError (as Ruby's Mutex raises), and a try (timeout 0) is
+    # refused as for any other holder.
+    # @return [Numeric, nil, :timed_out] the time left to wait (nil: for ever)
+    def wait_for_fiber(holds, timeout)
+      deadline = timeout && (Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout)
+      pause = @config.backoff_min
+      while (hold = holds[@key]) && !hold.fiber.equal?(Fiber.current)
+        now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        if deadline && now >= deadline
+          @last_holder = hold.token
+          return :timed_out
+        end
+        unless Fiber.scheduler && !Fiber.current.blocking?
+          raise DeadlockError.new("#{@key} is held by another fiber of this thread " \
+                                  "(#{hold.fiber.alive? ? 'alive' : 'finished'}), which cannot run " \
+                                  "while this one waits: no Fiber.scheduler", id: @id)
+        end
+
+        sleep(deadline ? [pause, deadline - now].min : pause)
+        pause = [pause * 2, @config.backoff_max].min
+      end
+      deadline && [deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC), 0].max
     end
 
     # Registers a take that succeeded, or says why it did not.
