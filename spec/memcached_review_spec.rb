@@ -2,6 +2,7 @@
 
 require_relative "support/fake_memcached"
 require_relative "support/memcached_review_proxy"
+require_relative "support/quorum_servers"
 
 # A hostile review of the :memcached store (store_memcached.c) and its
 # connection layer (memcached_conn.c, memcached_call.c): each example is an
@@ -114,6 +115,38 @@ RSpec.describe "memcached store review" do
     ensure
       a_client&.close
       b_client&.close
+    end
+  end
+
+  # An item with an empty value (not a token any client writes: someone
+  # else's) keeps every take out. What reads the lock must say it is held,
+  # not "free" - the operator would look for the wrong cause.
+  describe "a lock whose item has an empty value" do
+    it "is held, by \"(an empty value)\", for every read (:memcached)" do
+      fake.put(key, "")
+      client = client_for(fake)
+      state = Object.new
+      expect(client._acquire(state, key, "tok", 5, 0, 0.01, 0.01)).to be(false)
+      expect(state.instance_variable_get(:@holder)).to eq("(an empty value)")
+      expect(client._read(key)).to eq("(an empty value)")
+      expect(client._describe(key).first).to eq("(an empty value)")
+      expect(client._release(key, "tok", nil)).to be(false)
+      expect(fake.value(key)).to eq("")
+    ensure
+      client&.close
+    end
+
+    it "is held, by \"(an empty value)\", for every read (:quorum)" do
+      servers = QuorumServers.shared
+      servers.each { |s| expect(s.command("set #{key} 0 60 0\r\n")).to eq("STORED\r\n") }
+      addresses = servers.map { |s| s.address.split(":").then { |host, port| [host, port.to_i] } }
+      client, = MegaMutex::Native::Client._quorum_open(addresses, 500, 500, QuorumServers::MAX_TTL)
+      state = Object.new
+      expect(client._acquire(state, key, "tok", QuorumServers::MAX_TTL, 0, 0.01, 0.01)).to be(false)
+      expect(client._read(key)).to eq("(an empty value)")
+    ensure
+      client&.close
+      servers&.each { |s| s.delete(key) }
     end
   end
 end

@@ -273,6 +273,11 @@ void mmc_excerpt(const char *p, size_t n, char *out, size_t outlen) {
 }
 
 size_t mmc_value_token(char *token, size_t value_len) {
+  if (value_len == 0) { /* someone's item all the same: never "nobody" */
+    static const char empty[] = MMC_EMPTY_VALUE;
+    memcpy(token, empty, sizeof empty);
+    return sizeof empty - 1;
+  }
   if (value_len <= MM_TOKEN_MAX) {
     token[value_len] = '\0';
     return value_len;

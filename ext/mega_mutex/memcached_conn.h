@@ -158,7 +158,11 @@ void mmc_excerpt(const char *p, size_t n, char *out, size_t outlen);
  * min(value_len, MM_TOKEN_MAX) bytes. A value longer than any token ends
  * in " ..." instead (a space: no token has one), so that it names a holder
  * for messages and never equals a token - not even the one it starts with.
- * NUL-terminates token (MM_TOKEN_MAX + 1 bytes); returns its length. */
+ * An empty value reads as MMC_EMPTY_VALUE: an item is a holder, and a
+ * holder of no bytes would read as "nobody holds it" while every take
+ * fails. NUL-terminates token (MM_TOKEN_MAX + 1 bytes); returns its length. */
+#define MMC_EMPTY_VALUE "(an empty value)"
+
 size_t mmc_value_token(char *token, size_t value_len);
 /* The index of `line` in `accepted` (NULL-terminated status words: STORED,
  * NOT_STORED, EXISTS, NOT_FOUND, DELETED, HD...), or -1. */
