@@ -118,6 +118,23 @@ RSpec.describe "memcached store review" do
     end
   end
 
+  describe "a server that restarts (forgets everything) during a renewal" do
+    it "between the renewal's read and its cas: lost, and the lock is not re-created" do
+      client = client_for(fake)
+      state = Object.new
+      expect(client._acquire(state, key, "tok", 5, 0, 0.01, 0.01)).to be(true)
+      fake.on("cas", times: 1) do |cmd|
+        cmd.fake.put(cmd.key, "", ttl: 2_592_001) # an expiry in 1970: gone, as after a restart
+        cmd.close # the process that had the connection is gone
+      end
+      expect(client._extend(key, "tok", 5)).to be(false)
+      expect(fake.value(key)).to be_nil
+      expect(fake.count("cas")).to eq(1) # the retry read "absent" and wrote nothing
+    ensure
+      client&.close
+    end
+  end
+
   # An item with an empty value (not a token any client writes: someone
   # else's) keeps every take out. What reads the lock must say it is held,
   # not "free" - the operator would look for the wrong cause.
