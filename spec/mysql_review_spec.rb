@@ -250,4 +250,43 @@ RSpec.describe "backend :mysql under a hostile review" do
         end
       end
     end
+
+  describe "MySQLMutex without a connection, in ActiveRecord's reading role" do
+    # Rails switches GET requests to the reading role (database_selector),
+    # where ActiveRecord::Base's database is the replica. MySQLMutex.new(key)
+    # with no connection took ActiveRecord::Base's *current* database: the
+    # same key locked on the replica in one request and on the primary in
+    # another - two servers, two holders.
+    it "locks on the writing role's database (the primary), whatever role is current" do
+      require "active_record"
+      replica = Servers::MariaDB.new.start
+      begin
+        MegaMutex.configure { |c| c.backend = :memcached }
+        ActiveRecord::Base.configurations = {
+          "default_env" => {
+            "primary" => { "adapter" => "trilogy", "username" => "root", "host" => "127.0.0.1", "port" => db.port },
+            "primary_replica" => { "adapter" => "trilogy", "username" => "root", "host" => "127.0.0.1",
+                                   "port" => replica.port, "replica" => true }
+          }
+        }
+        ActiveRecord::Base.connects_to(database: { writing: :primary, reading: :primary_replica })
+        name = MegaMutex::Native::Client._mysql_lock_name(MegaMutex::Key.for(@namespace, "roles"))
+        ActiveRecord::Base.connected_to(role: :reading) do
+          m = MySQLMutex.new("roles")
+          expect(m.lock).to be(true)
+          begin
+            expect([db.lock_holder(name).nil?, replica.lock_holder(name).nil?]).to eq([false, true])
+          ensure
+            m.unlock
+          end
+        end
+      ensure
+        %i[writing reading].each do |role|
+          ActiveRecord::Base.connection_handler.remove_connection_pool("ActiveRecord::Base", role: role)
+        end
+        ActiveRecord::Base.configurations = {}
+        replica.stop
+      end
+    end
+  end
 end

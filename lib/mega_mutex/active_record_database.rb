@@ -75,18 +75,43 @@ module MegaMutex
       hash.is_a?(Hash) ? settings_with_adapter(hash, connection) : nil
     end
 
-    # ActiveRecord::Base's database settings, when it is configured.
+    # ActiveRecord::Base's database settings, when it is configured: its
+    # writing role's database, whatever role is current. In the reading role
+    # (Rails' database_selector puts GET requests there) the current database
+    # is a replica, and a key locked there in one request and on the primary
+    # in another would be held on two servers at once.
     # @return [Hash, nil] see {.settings}
+    # @raise [ArgumentError] when the only database known is a replica
     def of_base
       return nil unless defined?(::ActiveRecord::Base) && ::ActiveRecord::Base.respond_to?(:connection_db_config)
 
-      db_config = ::ActiveRecord::Base.connection_db_config
+      db_config = writing_db_config || ::ActiveRecord::Base.connection_db_config
+      if db_config.respond_to?(:replica?) && db_config.replica?
+        raise ArgumentError, "MySQLMutex: ActiveRecord::Base's database is a replica (#{db_config.name}) and no " \
+                             "writing role is connected; named locks must live on the primary: pass a connection"
+      end
       db_config.respond_to?(:configuration_hash) ? settings(db_config.configuration_hash) : nil
     rescue StandardError => e
       # Not configured (ActiveRecord::ConnectionNotEstablished and the like).
       raise unless defined?(::ActiveRecord::ActiveRecordError) && e.is_a?(::ActiveRecord::ActiveRecordError)
 
       nil
+    end
+
+    # @return [Object, nil] the db_config of ActiveRecord::Base's writing role
+    #   (current shard), nil when it has none or ActiveRecord cannot say
+    def writing_db_config
+      base = ::ActiveRecord::Base
+      role = ::ActiveRecord.respond_to?(:writing_role) ? ::ActiveRecord.writing_role : base.try(:writing_role)
+      return nil if role.nil? || !base.respond_to?(:connection_handler) || !base.respond_to?(:connection_specification_name)
+
+      shard = base.respond_to?(:current_shard) ? base.current_shard : nil
+      pool = if shard
+               base.connection_handler.retrieve_connection_pool(base.connection_specification_name, role: role, shard: shard)
+             else
+               base.connection_handler.retrieve_connection_pool(base.connection_specification_name, role: role)
+             end
+      pool.respond_to?(:db_config) ? pool.db_config : nil
     end
 
     # The primary database of environment `env` in database.yml's contents,
@@ -150,6 +175,6 @@ module MegaMutex
       nil
     end
 
-    private_class_method :settings_with_adapter, :resolve_url, :configurations_class
+    private_class_method :settings_with_adapter, :resolve_url, :configurations_class, :writing_db_config
   end
 end
