@@ -45,7 +45,9 @@ require "mega_mutex/active_record_database"
 #    connection. It opens sessions of its own (one per thread holding
 #    locks). The `connection` argument only says which server: nil
 #    (MegaMutex's configuration when its backend is :mysql, else
-#    ActiveRecord::Base's database; else ArgumentError), a database.yml-style
+#    ActiveRecord::Base's database - its writing role's, even inside
+#    connected_to(role: :reading), so that a key is never locked on a
+#    replica; else ArgumentError), a database.yml-style
 #    Hash (host, port, socket, username, password, database, url, adapter;
 #    String or Symbol keys; read as its adapter reads it, see
 #    MegaMutex::ActiveRecordDatabase), a mysql:// URL, or an ActiveRecord
@@ -317,7 +319,8 @@ class MySQLMutex < DistributedMutex
     end
 
     # No connection given: MegaMutex's configuration when it is :mysql, else
-    # ActiveRecord::Base's database (the original's default connection).
+    # ActiveRecord::Base's database (the original's default connection; its
+    # writing role's, never a replica).
     def default_settings
       return nil if MegaMutex.configuration.backend == :mysql
 
