@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "support/fake_memcached"
+require_relative "support/memcached_review_proxy"
 require_relative "support/memcached_review_resolver"
 
 # Server names are resolved once per connection entry and the addresses
@@ -55,7 +56,7 @@ RSpec.describe "memcached server names resolved once" do
   it "a server that moved to another address is found again within the call, and that address is kept" do
     close_after_every_gets
     fake.put("k", "someone")
-    forwarder = MemcachedReviewForwarder.new("127.0.0.2", fake.port, fake.port)
+    second = MemcachedReviewProxy.new(fake.port, host: "127.0.0.2", port: fake.port) # its other address
     resolver.point_at("127.0.0.2")
     script = <<~RUBY
       c = MegaMutex::Native::Client.new([[#{host.inspect}, #{fake.port}]], 1000, 1000, 1)
@@ -65,13 +66,13 @@ RSpec.describe "memcached server names resolved once" do
     resolver.run_ruby(script) do |talk|
       expect(talk.call).to eq("someone") # through 127.0.0.2
       expect(resolver.resolutions).to eq(1)
-      forwarder.stop # 127.0.0.2 refuses connections from now on
+      second.stop # 127.0.0.2 refuses connections from now on
       resolver.point_at("127.0.0.1")
       expect(talk.call).to eq(["someone"] * 5) # the first of them re-resolved
     end
     expect(resolver.resolutions).to eq(2)
   ensure
-    forwarder&.stop
+    second&.stop
   end
 
   it "a name that does not resolve is a ConnectionError naming the server, and is looked up again later" do

@@ -11,8 +11,13 @@ require_relative "support/quorum_servers"
 # failed on the code before its fix (the commit names the path), or
 # documents an attack that holds.
 RSpec.describe "memcached store review" do
-  def client_for(fake, io_ms: 500)
-    MegaMutex::Native::Client.new([["127.0.0.1", fake.port]], 500, io_ms, 1)
+  # A native client on 127.0.0.1:`port` (a fake, a proxy or a server).
+  def client_on(port)
+    MegaMutex::Native::Client.new([["127.0.0.1", port]], 500, 1000, 1)
+  end
+
+  def client_for(fake)
+    client_on(fake.port)
   end
 
   let(:fake) { FakeMemcached.new.start }
@@ -62,7 +67,7 @@ RSpec.describe "memcached store review" do
 
   describe "a proxy between the client and memcached (mcrouter, twemproxy)" do
     let(:server) { MemcachedServer.new.start }
-    let(:proxy) { MemcachedReviewProxy.new(server.port).start }
+    let(:proxy) { MemcachedReviewProxy.new(server.port) }
     after do
       proxy.stop
       server.stop
@@ -76,8 +81,8 @@ RSpec.describe "memcached store review" do
     # "ms ... E<token>", came in a later memcached): connect directly.
     it "a holder whose lock was lost to a restart behind the proxy never releases the new holder's lock" do
       pending("the one-round-trip release assumes no proxy keeps the connection across a server restart: connect directly (README)")
-      via_proxy = MegaMutex::Native::Client.new([["127.0.0.1", proxy.port]], 500, 1000, 1)
-      direct = MegaMutex::Native::Client.new([["127.0.0.1", server.port]], 500, 1000, 1)
+      via_proxy = client_on(proxy.port)
+      direct = client_on(server.port)
       a = Object.new
       expect(via_proxy._acquire(a, key, "tok-a", 30, 0, 0.01, 0.01)).to be(true) # the first store: CAS 1
       server.restart # forgets the lock; its CAS counter starts again
@@ -97,8 +102,8 @@ RSpec.describe "memcached store review" do
     after { server.stop }
 
     it "the first holder's renewal reports it lost and re-creates nothing; its release removes nothing" do
-      a_client = MegaMutex::Native::Client.new([["127.0.0.1", server.port]], 500, 1000, 1)
-      b_client = MegaMutex::Native::Client.new([["127.0.0.1", server.port]], 500, 1000, 1)
+      a_client = client_on(server.port)
+      b_client = client_on(server.port)
       a = Object.new
       expect(a_client._acquire(a, key, "tok-a", 30, 0, 0.01, 0.01)).to be(true)
       server.delete(key) # as an eviction would

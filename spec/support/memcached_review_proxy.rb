@@ -2,42 +2,38 @@
 
 require "socket"
 
-# A proxy in front of a real memcached that keeps its clients' connections
-# when the server behind it goes away, as the multiplexing memcached proxies
-# do (mcrouter, twemproxy): the next request goes to the server on a new
-# upstream connection, the client's stays open. Listens on 127.0.0.1, on a
-# free port.
+# A proxy in front of a real memcached (or any TCP server on 127.0.0.1)
+# that keeps its clients' connections when the server behind it goes away,
+# as the multiplexing memcached proxies do (mcrouter, twemproxy): the next
+# request goes to the server on a new upstream connection, the client's
+# stays open. Listening starts at once; #stop closes the listener and every
+# connection (from then on the address refuses connections).
 #
-#   proxy = MemcachedReviewProxy.new(server.port).start
-#   proxy.address # => "127.0.0.1:40123"
+#   proxy = MemcachedReviewProxy.new(server.port)                      # on 127.0.0.1, a free port
+#   proxy = MemcachedReviewProxy.new(port, host: "127.0.0.2", port: port) # a server's second address
+#   proxy.port
 #   proxy.stop
 class MemcachedReviewProxy
   attr_reader :port
 
-  def initialize(upstream_port)
+  # @param upstream_port [Integer] the server's port on 127.0.0.1
+  # @param host [String] the address to listen on
+  # @param port [Integer] the port to listen on (0: a free one)
+  def initialize(upstream_port, host: "127.0.0.1", port: 0)
+    @listener = TCPServer.new(host, port)
+    @port = @listener.addr[1]
     @upstream_port = upstream_port
     @sockets = Queue.new
     @threads = Queue.new
-  end
-
-  def address
-    "127.0.0.1:#{port}"
-  end
-
-  def start
-    @server = TCPServer.new("127.0.0.1", 0)
-    @port = @server.addr[1]
     @threads << Thread.new { accept_loop }
-    self
   end
 
   def stop
-    @server.close
-    @sockets.close
+    @listener.close unless @listener.closed?
+    [@sockets, @threads].each(&:close)
     while (s = @sockets.pop)
       s.close unless s.closed?
     end
-    @threads.close
     while (t = @threads.pop)
       t.join(5) || t.kill
     end
@@ -47,7 +43,7 @@ class MemcachedReviewProxy
 
   def accept_loop
     loop do
-      client = @server.accept
+      client = @listener.accept
       @sockets << client
       @threads << Thread.new { serve(client) }
     end

@@ -3,7 +3,6 @@
 require "json"
 require "open3"
 require "rbconfig"
-require "socket"
 require "tmpdir"
 
 # A name resolver the specs control, for a Ruby child process: a tiny
@@ -116,50 +115,5 @@ class MemcachedReviewResolver
 
   def address_file
     File.join(@dir, "address")
-  end
-end
-
-# A TCP forwarder on `host`:`port` to 127.0.0.1:`to_port` - a server's
-# second address, which can go away (#stop: the listener and every
-# connection closed).
-class MemcachedReviewForwarder
-  def initialize(host, port, to_port)
-    @server = TCPServer.new(host, port)
-    @to_port = to_port
-    @sockets = Queue.new
-    @thread = Thread.new { accept_loop }
-  end
-
-  def stop
-    @server.close
-    @thread.join
-    @sockets.close
-    while (s = @sockets.pop)
-      s.close unless s.closed?
-    end
-  end
-
-  private
-
-  def accept_loop
-    loop do
-      client = @server.accept
-      upstream = TCPSocket.new("127.0.0.1", @to_port)
-      @sockets << client << upstream
-      pipe(client, upstream)
-      pipe(upstream, client)
-    end
-  rescue IOError, SystemCallError
-    nil
-  end
-
-  def pipe(from, to)
-    Thread.new do
-      IO.copy_stream(from, to)
-    rescue IOError, SystemCallError
-      nil
-    ensure
-      [from, to].each { |s| s.close unless s.closed? }
-    end
   end
 end
