@@ -257,7 +257,7 @@ RSpec.describe "backend :mysql under a hostile review" do
     # with no connection took ActiveRecord::Base's *current* database: the
     # same key locked on the replica in one request and on the primary in
     # another - two servers, two holders.
-    it "locks on the writing role's database (the primary), whatever role is current" do
+    it "locks on the writing role's database (the primary), whatever role is current, given no connection or a reading one" do
       require "active_record"
       replica = Servers::MariaDB.new.start
       begin
@@ -272,12 +272,14 @@ RSpec.describe "backend :mysql under a hostile review" do
         ActiveRecord::Base.connects_to(database: { writing: :primary, reading: :primary_replica })
         name = MegaMutex::Native::Client._mysql_lock_name(MegaMutex::Key.for(@namespace, "roles"))
         ActiveRecord::Base.connected_to(role: :reading) do
-          m = MySQLMutex.new("roles")
-          expect(m.lock).to be(true)
-          begin
-            expect([db.lock_holder(name).nil?, replica.lock_holder(name).nil?]).to eq([false, true])
-          ensure
-            m.unlock
+          # Without a connection, and with the current (reading) connection.
+          [MySQLMutex.new("roles"), MySQLMutex.new("roles", 1, false, ActiveRecord::Base.connection)].each do |m|
+            expect(m.lock).to be(true)
+            begin
+              expect([db.lock_holder(name).nil?, replica.lock_holder(name).nil?]).to eq([false, true])
+            ensure
+              m.unlock
+            end
           end
         end
       ensure

@@ -68,7 +68,7 @@ module MegaMutex
     def of_connection(connection)
       hash =
         if connection.respond_to?(:pool) && connection.pool.respond_to?(:db_config)
-          connection.pool.db_config.configuration_hash
+          writing_of(connection.pool).configuration_hash
         elsif connection.instance_variable_defined?(:@config)
           connection.instance_variable_get(:@config) # before Rails 6.1
         end
@@ -96,6 +96,25 @@ module MegaMutex
       raise unless defined?(::ActiveRecord::ActiveRecordError) && e.is_a?(::ActiveRecord::ActiveRecordError)
 
       nil
+    end
+
+    # A connection pool's db_config, or its writing role's when the pool is
+    # of another role (a replica, in connected_to(role: :reading)): the same
+    # key must be locked on one server whatever role the caller runs in.
+    # @return [Object] a db_config
+    # @raise [ArgumentError] for a pool of another role whose writing role is not connected
+    def writing_of(pool)
+      role = ::ActiveRecord.respond_to?(:writing_role) ? ::ActiveRecord.writing_role : nil
+      return pool.db_config if role.nil? || !pool.respond_to?(:role) || pool.role == role
+
+      owner = pool.respond_to?(:connection_class) ? pool.connection_class : pool.try(:connection_klass)
+      shard = pool.respond_to?(:shard) ? pool.shard : nil
+      writing = owner && shard &&
+                owner.connection_handler.retrieve_connection_pool(owner.connection_specification_name, role: role, shard: shard)
+      return writing.db_config if writing.respond_to?(:db_config)
+
+      raise ArgumentError, "MySQLMutex: the connection is of the #{pool.role} role (#{pool.db_config.name}) and its " \
+                           "#{role} role is not connected; named locks must live on the primary: pass its connection"
     end
 
     # @return [Object, nil] the db_config of ActiveRecord::Base's writing role
@@ -175,6 +194,6 @@ module MegaMutex
       nil
     end
 
-    private_class_method :settings_with_adapter, :resolve_url, :configurations_class, :writing_db_config
+    private_class_method :settings_with_adapter, :resolve_url, :configurations_class, :writing_db_config, :writing_of
   end
 end
