@@ -51,7 +51,8 @@ require "mega_mutex/active_record_database"
 #    Hash (host, port, socket, username, password, database, url, adapter;
 #    String or Symbol keys; read as its adapter reads it, see
 #    MegaMutex::ActiveRecordDatabase), a mysql:// URL, or an ActiveRecord
-#    connection (its pool's settings). A lock on a pooled connection would
+#    connection (its pool's settings; a reading-role connection's writing
+#    role's). A lock on a pooled connection would
 #    be granted again to the next thread that checks that connection out,
 #    would stay held while a query runs after its holder died, and would go
 #    with a reconnect.
