@@ -121,6 +121,25 @@ RSpec.describe "memcached store review: each command under faults" do
     end
   end
 
+  describe "a waiter's probe (gets alone, after two attempts found the same holder)" do
+    it "never grants: a probe that reads the waiter's own token goes on with a full take, which finds the holder" do
+      fake.put(key, "other")
+      lied = false
+      # A probe's gets follows a gets; a take's follows its incr.
+      fake.on("gets", if: ->(_) { !lied && fake.commands[-2] == "gets" }) do |cmd|
+        lied = true # one probe read back as the waiter's own token
+        v = "tok-a"
+        cmd.reply("VALUE #{cmd.key} 0 #{v.bytesize} 999\r\n#{v}\r\nEND\r\n")
+      end
+      c = client
+      state = Object.new
+      expect(c._acquire(state, key, "tok-a", 5, 0.5, 0.01, 0.02)).to be(false)
+      expect(lied).to be(true)
+      expect(fake.count("gets")).to be > fake.count("add") # probes happened
+      expect(fake.value(key)).to eq("other")
+    end
+  end
+
   describe "a value at the size limits" do
     it "1 MiB is drained and read as a holder that no token equals: no grant, and the next call is in step" do
       big = "tok-a" + ("x" * ((1 << 20) - 5))
