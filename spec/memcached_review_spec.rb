@@ -65,6 +65,49 @@ RSpec.describe "memcached store review" do
     end
   end
 
+  describe "a reply that arrives after its request gave up (timed out, interrupted)" do
+    # The next gets: answered `late` after `delay` seconds.
+    def late_answer(late, delay)
+      sent = Queue.new
+      fake.on("gets", times: 1) do |cmd|
+        cmd.fake.pause(delay)
+        cmd.reply(late)
+        sent << true
+      end
+      sent
+    end
+
+    it "is never read as the reply to the next request after a timeout" do
+      client = MegaMutex::Native::Client.new([["127.0.0.1", fake.port]], 500, 200, 1)
+      sent = late_answer("VALUE #{key} 0 3 1\r\ntok\r\nEND\r\n", 0.5)
+      expect { client._read(key) }.to raise_error(MegaMutex::ConnectionError, /timed out/)
+      sent.pop
+      fake.put(key, "other")
+      expect(client._acquire(Object.new, key, "tok", 5, 0, 0.01, 0.01)).to be(false)
+      expect(client._read(key)).to eq("other")
+    ensure
+      client&.close
+    end
+
+    it "is never read as the reply to the next request after an interrupt" do
+      client = client_for(fake)
+      sent = late_answer("VALUE #{key} 0 3 1\r\ntok\r\nEND\r\n", 0.3)
+      reader = Thread.new do
+        Thread.current.report_on_exception = false
+        client._read(key)
+      end
+      wait_for(message: "the read to be in progress") { fake.count("gets") >= 1 && reader.status == "sleep" }
+      reader.raise(RuntimeError, "stop")
+      expect { reader.value }.to raise_error(RuntimeError, "stop")
+      sent.pop
+      fake.put(key, "other")
+      expect(client._acquire(Object.new, key, "tok", 5, 0, 0.01, 0.01)).to be(false)
+      expect(client._read(key)).to eq("other")
+    ensure
+      client&.close
+    end
+  end
+
   describe "a proxy between the client and memcached (mcrouter, twemproxy)" do
     let(:server) { MemcachedServer.new.start }
     let(:proxy) { MemcachedReviewProxy.new(server.port) }
