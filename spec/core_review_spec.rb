@@ -4,6 +4,7 @@ require "spec_helper"
 require_relative "support/core_review_helpers"
 require_relative "support/interrupt_points"
 require_relative "support/core_review_scheduler"
+require_relative "support/quorum_servers"
 
 # The lock core's hostile review (2026-12-02): each example is a path by
 # which a lock was granted twice, or left held by nobody, or held by nobody
@@ -188,6 +189,16 @@ RSpec.describe "lock core review" do
       expect(b_after_a).to be(true), "the waiter ran its block while the holder was still inside its own"
     ensure
       MegaMutex::MemoryStore.reset!
+    end
+
+    it "backend :quorum: the holder keeps its lease, and a waiter gets in only after its release" do
+      MegaMutex.configure do |c|
+        QuorumServers.configure(c)
+        c.lock_ttl = 1
+      end
+      a_lost, b_after_a = hold_through_a_hog("hog-quorum")
+      expect(a_lost).to be(false)
+      expect(b_after_a).to be(true), "the waiter ran its block while the holder was still inside its own"
     end
 
     it "backend :memcached: the holder keeps its lease, and a waiter gets in only after its release" do

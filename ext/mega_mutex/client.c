@@ -575,6 +575,18 @@ static VALUE client_server_for(VALUE self, VALUE key) {
   return rb_assoc_new(rb_str_new_cstr(host), UINT2NUM(port));
 }
 
+mm_store *mm_client_detach(VALUE self) {
+  if (!rb_typeddata_is_kind_of(self, &client_type)) rb_raise(rb_eTypeError, "not a MegaMutex::Native::Client");
+  mm_client *c = client_take(self);
+  mm_store *store = c->store;
+  c->store = NULL;
+  store->cancel_fd = -1; /* the waker stays (and goes) with the client */
+  store->cancelled = NULL;
+  mm_waker_destroy(&c->waker);
+  client_give_back(c);
+  return store;
+}
+
 /* close -> nil. Closes the connections; later calls raise. */
 static VALUE client_close(VALUE self) {
   mm_client *c = client_take(self);

@@ -8,6 +8,8 @@
  *   lease.lost_reason          nil while the lease is known good, else why it was lost
  *   lease.id                   names it in Lease.next_loss
  *   Lease.next_loss(seconds)   [id, reason] of the next lease found lost, or nil after `seconds`
+ *   Lease.lane(client, label)  a lane of its own for client's store (taken over): a quorum's
+ *   Lease.start_in(lane, key, token, ttl, valid_until) -> Lease, renewed in that lane
  */
 #include <ruby.h>
 #include <ruby/thread.h>
@@ -18,9 +20,10 @@
 
 #include "lock.h"
 #include "mega_mutex.h"
+#include "client.h"
 #include "renewer.h"
 
-static VALUE cLease;
+static VALUE cLease, cLane;
 static VALUE eError;
 
 static void lease_free(void *p) { mm_lease_unref(p); }
@@ -74,6 +77,56 @@ static VALUE lease_s_start(VALUE klass, VALUE host, VALUE port, VALUE connect_ms
   char err[MM_ERROR_MAX];
   mm_lease *lease = mm_lease_start(&spec, k, t, lease_ttl, until, err, sizeof err);
   RB_GC_GUARD(host);
+  RB_GC_GUARD(key);
+  RB_GC_GUARD(token);
+  if (lease == NULL) rb_raise(eError, "%s", err);
+  return TypedData_Wrap_Struct(cLease, &lease_type, lease);
+}
+
+/* Lanes of their own (mm_lane_adopt) live as long as the process: nothing to free. */
+static size_t lane_size(const void *p) {
+  (void) p;
+  return sizeof(void *);
+}
+
+static const rb_data_type_t lane_type = {
+    "MegaMutex::Native::Lease::Lane",
+    {NULL, NULL, lane_size, NULL, {NULL}},
+    NULL,
+    NULL,
+    RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+/* Lease.lane(client, label) -> Lane: a lane of its own for the leases of
+ * `client`'s store (any kind: a quorum's), which it takes over (the client
+ * is closed). */
+static VALUE lease_s_lane(VALUE klass, VALUE client, VALUE label) {
+  (void) klass;
+  const char *name = StringValueCStr(label);
+  mm_store *store = mm_client_detach(client);
+  char err[MM_ERROR_MAX];
+  mm_lane *lane = mm_lane_adopt(store, name, err, sizeof err);
+  RB_GC_GUARD(label);
+  if (lane == NULL) rb_raise(eError, "%s", err);
+  return TypedData_Wrap_Struct(cLane, &lane_type, lane);
+}
+
+/* Lease.start_in(lane, key, token, ttl, valid_until) -> Lease */
+static VALUE lease_s_start_in(VALUE klass, VALUE lane_obj, VALUE key, VALUE token, VALUE ttl, VALUE valid_until) {
+  (void) klass;
+  mm_lane *lane;
+  TypedData_Get_Struct(lane_obj, mm_lane, &lane_type, lane);
+  StringValue(key);
+  StringValue(token);
+  if (RSTRING_LEN(key) < 1 || RSTRING_LEN(key) > MM_KEY_MAX) rb_raise(rb_eArgError, "key must be 1 to %d bytes", MM_KEY_MAX);
+  if (RSTRING_LEN(token) < 1 || RSTRING_LEN(token) > MM_TOKEN_MAX)
+    rb_raise(rb_eArgError, "token must be 1 to %d bytes", MM_TOKEN_MAX);
+  mm_bytes k = {RSTRING_PTR(key), (size_t) RSTRING_LEN(key)};
+  mm_bytes t = {RSTRING_PTR(token), (size_t) RSTRING_LEN(token)};
+  unsigned lease_ttl = to_uint(ttl, "ttl", 2592000);
+  double until = NUM2DBL(valid_until);
+  char err[MM_ERROR_MAX];
+  mm_lease *lease = mm_lease_start_in(lane, k, t, lease_ttl, until, err, sizeof err);
   RB_GC_GUARD(key);
   RB_GC_GUARD(token);
   if (lease == NULL) rb_raise(eError, "%s", err);
@@ -140,6 +193,10 @@ void mm_lease_init(VALUE mNative) {
   rb_undef_alloc_func(cLease);
   rb_define_singleton_method(cLease, "start", lease_s_start, 8);
   rb_define_singleton_method(cLease, "next_loss", lease_s_next_loss, 1);
+  rb_define_singleton_method(cLease, "lane", lease_s_lane, 2);
+  rb_define_singleton_method(cLease, "start_in", lease_s_start_in, 5);
+  cLane = rb_define_class_under(cLease, "Lane", rb_cObject);
+  rb_undef_alloc_func(cLane);
   rb_define_method(cLease, "stop", lease_stop, 0);
   rb_define_method(cLease, "lost_reason", lease_lost_reason, 0);
   rb_define_method(cLease, "id", lease_id, 0);

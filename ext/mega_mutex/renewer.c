@@ -32,7 +32,6 @@
 
 enum lease_state { LEASE_ACTIVE, LEASE_STOPPED, LEASE_LOST };
 
-typedef struct mm_lane mm_lane;
 
 struct mm_lease {
   int refs; /* __atomic */
@@ -54,7 +53,9 @@ struct mm_lane {
   char host[LANE_HOST_MAX];
   unsigned port;
   int connect_timeout_ms, io_timeout_ms;
-  int memory; /* the memory store's lane (store_memory.c) */
+  int memory;  /* the memory store's lane (store_memory.c) */
+  int adopted; /* its store was handed over (mm_lane_adopt): never found by lane_for */
+  pid_t pid;   /* the process it runs in */
   pthread_mutex_t mutex;
   pthread_cond_t wakeup;
   mm_lease **leases;
@@ -327,9 +328,44 @@ static void *lane_main(void *arg) {
   return NULL; /* not reached: a lane lives as long as its process */
 }
 
+/* Under g_mutex: starts a new lane's thread (its store set) and links it
+ * in. 0; or -1 with err filled, the lane and its store freed. */
+static int lane_run(mm_lane *lane, char *err, size_t errlen) {
+  pthread_condattr_t cattr;
+  int rc = pthread_condattr_init(&cattr);
+  if (rc == 0) rc = pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+  if (rc == 0) rc = pthread_cond_init(&lane->wakeup, &cattr);
+  if (rc == 0) rc = pthread_mutex_init(&lane->mutex, NULL);
+  pthread_condattr_destroy(&cattr);
+  pthread_attr_t attr;
+  if (rc == 0) rc = pthread_attr_init(&attr);
+  if (rc == 0) {
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* Signals are Ruby's business, on Ruby's threads: none here. */
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    pthread_t thread;
+    rc = pthread_create(&thread, &attr, lane_main, lane);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    pthread_attr_destroy(&attr);
+  }
+  if (rc != 0) {
+    snprintf(err, errlen, "could not start a renewer thread: %s", strerror(rc));
+    lane->store->ops->destroy(lane->store);
+    free(lane); /* its mutex and condvar hold nothing on Linux */
+    return -1;
+  }
+  lane->pid = g_pid;
+  lane->next = g_lanes;
+  g_lanes = lane;
+  return 0;
+}
+
 /* Under g_mutex: the lane for `spec`, made and started if new. */
 static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
   for (mm_lane *l = g_lanes; l != NULL; l = l->next) {
+    if (l->adopted) continue;
     if (l->memory != 0 || spec->memory != 0) {
       if (l->memory != 0 && spec->memory != 0) return l;
       continue;
@@ -367,38 +403,13 @@ static mm_lane *lane_for(const mm_lane_spec *spec, char *err, size_t errlen) {
     free(lane);
     return NULL;
   }
-  pthread_condattr_t cattr;
-  int rc = pthread_condattr_init(&cattr);
-  if (rc == 0) rc = pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
-  if (rc == 0) rc = pthread_cond_init(&lane->wakeup, &cattr);
-  if (rc == 0) rc = pthread_mutex_init(&lane->mutex, NULL);
-  pthread_condattr_destroy(&cattr);
-  pthread_attr_t attr;
-  if (rc == 0) rc = pthread_attr_init(&attr);
-  if (rc == 0) {
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    /* Signals are Ruby's business, on Ruby's threads: none here. */
-    sigset_t all, saved;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &saved);
-    pthread_t thread;
-    rc = pthread_create(&thread, &attr, lane_main, lane);
-    pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    pthread_attr_destroy(&attr);
-  }
-  if (rc != 0) {
-    snprintf(err, errlen, "could not start a renewer thread: %s", strerror(rc));
-    lane->store->ops->destroy(lane->store);
-    free(lane); /* its mutex and condvar hold nothing on Linux */
-    return NULL;
-  }
-  lane->next = g_lanes;
-  g_lanes = lane;
+  if (lane_run(lane, err, errlen) != 0) return NULL;
   return lane;
 }
 
-mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl,
-                         double valid_until, char *err, size_t errlen) {
+/* A new lease in the lane for `spec`, or (spec NULL) in `in_lane`. */
+static mm_lease *lease_start(const mm_lane_spec *spec, mm_lane *in_lane, mm_bytes key, mm_bytes token, unsigned ttl,
+                             double valid_until, char *err, size_t errlen) {
   mm_lease *lease = calloc(1, sizeof *lease);
   if (lease != NULL) {
     lease->key = malloc(key.len + 1);
@@ -427,7 +438,11 @@ mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token,
 
   global_lock();
   lease->pid = g_pid;
-  mm_lane *lane = lane_for(spec, err, errlen);
+  mm_lane *lane = spec != NULL ? lane_for(spec, err, errlen) : in_lane;
+  if (lane != NULL && lane->pid != g_pid) {
+    snprintf(err, errlen, "a renewer lane of another process");
+    lane = NULL;
+  }
   global_unlock();
   if (lane == NULL) {
     mm_lease_unref(lease);
@@ -464,4 +479,32 @@ mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token,
     return NULL;
   }
   return lease;
+}
+
+mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl,
+                         double valid_until, char *err, size_t errlen) {
+  return lease_start(spec, NULL, key, token, ttl, valid_until, err, errlen);
+}
+
+mm_lease *mm_lease_start_in(mm_lane *lane, mm_bytes key, mm_bytes token, unsigned ttl, double valid_until,
+                            char *err, size_t errlen) {
+  return lease_start(NULL, lane, key, token, ttl, valid_until, err, errlen);
+}
+
+mm_lane *mm_lane_adopt(mm_store *store, const char *label, char *err, size_t errlen) {
+  mm_lane *lane = calloc(1, sizeof *lane);
+  if (lane == NULL) {
+    snprintf(err, errlen, "out of memory starting a renewer lane");
+    store->ops->destroy(store);
+    return NULL;
+  }
+  snprintf(lane->host, sizeof lane->host, "%s", label);
+  lane->adopted = 1;
+  store->cancel_fd = -1; /* a lane's requests are never cut short */
+  store->cancelled = NULL;
+  lane->store = store;
+  global_lock();
+  int rc = lane_run(lane, err, errlen);
+  global_unlock();
+  return rc == 0 ? lane : NULL;
 }

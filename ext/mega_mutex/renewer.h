@@ -40,6 +40,18 @@ typedef struct {
 mm_lease *mm_lease_start(const mm_lane_spec *spec, mm_bytes key, mm_bytes token, unsigned ttl, double valid_until,
                          char *err, size_t errlen);
 
+typedef struct mm_lane mm_lane;
+
+/* A lane of its own for `store`, which it now owns (any store kind: a
+ * quorum's, say), for the leases of one configuration; `label` names it.
+ * Its requests are never cut short (the store's waker is unhooked). Lives as
+ * long as the process. NULL with a message in err (the store destroyed). */
+mm_lane *mm_lane_adopt(mm_store *store, const char *label, char *err, size_t errlen);
+
+/* As mm_lease_start, in a lane from mm_lane_adopt (of this process). */
+mm_lease *mm_lease_start_in(mm_lane *lane, mm_bytes key, mm_bytes token, unsigned ttl, double valid_until,
+                            char *err, size_t errlen);
+
 /* Stops renewing (the lock is about to be released). Idempotent; a no-op in
  * a forked child. */
 void mm_lease_stop(mm_lease *lease);

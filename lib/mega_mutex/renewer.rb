@@ -83,6 +83,8 @@ module MegaMutex
       @orphans = {} # Lock::Hold => [next try (IN_FLIGHT: a lane has it), first answer or nil, give up at]
       @lanes = {}   # [Pool, server] => Lane
       @leased = {}  # Native::Lease#id => Lock::Hold renewed by the C renewer
+      @c_lanes = {} # a configuration's store => Native::Lease::Lane (a store of its own, in C)
+      @lane_opening = Mutex.new
       @reporter = nil
       @thread = nil
       @wake_at = nil # when the scheduler will wake by itself; nil: only if signalled
@@ -111,6 +113,7 @@ module MegaMutex
     # @param hold [Lock::Hold]
     def add(hold)
       return watch(hold) if hold.server
+      return if hold.session.nil? && watch_in_lane(hold)
 
       @mutex.synchronize do
         @active_at = now
@@ -203,6 +206,39 @@ module MegaMutex
         @leased[hold.lease.id] = hold
         start_reporter
       end
+    end
+
+    # Hands a lease of a store without a server of its own (a quorum's) to
+    # a C lane made for its configuration - a store of its own, renewed by
+    # a C thread that needs no GVL, as memcached's are: a Ruby renewer that
+    # a thread hogging the GVL starved let a waiter in while the holder was
+    # inside. False when no lane can be made now (the Ruby renewer keeps it).
+    # @return [Boolean]
+    def watch_in_lane(hold)
+      lane = c_lane(hold.config)
+      return false if lane.nil?
+
+      hold.lease = Native::Lease.start_in(lane, hold.key, hold.token, hold.ttl, hold.valid_until)
+      @mutex.synchronize do
+        @leased[hold.lease.id] = hold
+        start_reporter
+      end
+      true
+    end
+
+    # The C lane for `config`'s store, made once (it opens a client of its
+    # own, whose store it takes over); nil when it cannot be made.
+    def c_lane(config)
+      key = [config.backend, config.memcache_servers, config.connect_timeout, config.io_timeout,
+             config.quorum_max_ttl, config.lock_ttl]
+      @mutex.synchronize { @c_lanes[key] } || @lane_opening.synchronize do
+        @mutex.synchronize { @c_lanes[key] } || begin
+          lane = Native::Lease.lane(config.new_client, "#{config.backend} #{config.memcache_servers.join(',')}"[0, 1000])
+          @mutex.synchronize { @c_lanes[key] = lane }
+        end
+      end
+    rescue Error, SystemCallError
+      nil
     end
 
     def start_reporter
