@@ -87,6 +87,7 @@ int mmc_addresses_get(mmc_conn *c, mmc_addresses *out, char *why, size_t whylen)
     out->unix_ai.ai_addr = (struct sockaddr *) &out->sun;
     out->unix_ai.ai_addrlen = sizeof out->sun;
     out->first = &out->unix_ai;
+    out->fresh = 1; /* nothing cached: a path is its own address */
     return 0;
   }
   if (c->addrs == NULL || c->addrs_stale) {
