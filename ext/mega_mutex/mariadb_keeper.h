@@ -1,6 +1,6 @@
 /*
  * mariadb_keeper.h - the MariaDB store's keeper (mariadb_keeper.c): one
- * pthread per process that sends `DO 0` on each holding session idle for
+ * pthread per server that sends `DO 0` on each holding session idle for
  * a third of its lock_ttl, so that wait_timeout never ends it while Ruby
  * keeps the renewer from the GVL. No Ruby API. Built only with HAVE_MARIADB.
  */

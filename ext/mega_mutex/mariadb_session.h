@@ -33,6 +33,7 @@ typedef struct my_store_s {
   pthread_mutex_t io;     /* held for each request on the session: by the client's thread or the keeper */
   struct my_store_s *kprev, *knext; /* in the keeper's list while the session holds locks */
   int kept;               /* in that list (guarded by the keeper's mutex) */
+  int kidx;               /* which keeper's list (its server's), while kept */
 } my_store;
 
 /* The session is over (broken, out of step, or given up): its locks go. */

@@ -53,7 +53,7 @@
  * The keeper. A holding session must not fall silent for wait_timeout
  * seconds, whatever Ruby does: the renewer's refresh (lib/mega_mutex/
  * renewer.rb) needs the GVL, which CPU-bound threads may keep from it for
- * seconds. So one pthread per process ("mm mysql keep", mariadb_keeper.c),
+ * seconds. So one pthread per server ("mm mysql keep", mariadb_keeper.c),
  * which needs no GVL, sends `DO 0` on each holding session that has been
  * idle for lock_ttl / 3. Every request on a session holds the store's `io`
  * mutex (WITH_IO below); the keeper only try-locks it (a busy session is
