@@ -312,4 +312,54 @@ RSpec.describe "lock core review" do
       expect(MegaMutex.with_distributed_mutex_if_free("fibers") { entered << :after }).to be(true)
     end
   end
+
+  describe "one Lock object shared by threads (a constant used like a Mutex)" do
+    before do
+      MegaMutex.configure { |c| c.backend = :memory }
+      MegaMutex::MemoryStore.reset!
+    end
+
+    after { MegaMutex::MemoryStore.reset! }
+
+    it "a block that waited for another thread's block gives the lock back when it ends" do
+      lock = MegaMutex::Lock.new("shared-object", timeout: 5)
+      inside = Queue.new
+      leave = Queue.new
+      first = Thread.new { lock.synchronize { inside << true; leave.pop } }
+      inside.pop
+      second = Thread.new { lock.synchronize { :second } }
+      wait_for(message: "the second thread waiting") { second.status == "sleep" }
+      leave << true
+      expect(first.join(10)).to be_truthy
+      expect(second.value).to eq(:second)
+      expect(MegaMutex::MemoryStore.locks).to eq({}), "the lock stayed held (and renewed) after both blocks ended"
+      expect(lock.owned?).to be(false)
+    end
+
+    it "4 threads x 25 blocks on one Lock (:memory, then :memcached): one inside at a time, none left held" do
+      [:memory, :memcached].each { |backend| four_threads_on_one_lock(backend) }
+    end
+
+    def four_threads_on_one_lock(backend)
+      MegaMutex.configure { |c| c.backend = backend }
+      lock = MegaMutex::Lock.new("shared-object-4", timeout: 10)
+      inside = 0
+      most = 0
+      threads = Array.new(4) do
+        Thread.new do
+          25.times do
+            lock.synchronize do
+              inside += 1
+              most = [most, inside].max
+              Thread.pass
+              inside -= 1
+            end
+          end
+        end
+      end
+      threads.each { |t| expect(t.value).to eq(25) }
+      expect(most).to eq(1)
+      expect(MegaMutex.get_current_lock("shared-object-4")).to be_nil
+    end
+  end
 end

@@ -24,7 +24,17 @@
 
 #include "mega_mutex.h"
 
-static ID id_lock_body, id_try_lock_body, id_undo_take, id_iv_depth, id_unlock_body, id_unlock_cut_short;
+static ID id_lock_body, id_try_lock_body, id_undo_take, id_iv_depth, id_unlock_body, id_unlock_cut_short, id_iv_hold,
+    id_iv_fiber;
+
+/* This fiber's shares of the Lock (Lock#own_depth): @depth while its hold
+ * is this fiber's, else 0 - a Lock object shared by threads counts another
+ * thread's hold in @depth while this call waits. */
+static VALUE own_depth(VALUE self) {
+  VALUE hold = rb_ivar_get(self, id_iv_hold);
+  if (NIL_P(hold) || rb_ivar_get(hold, id_iv_fiber) != rb_fiber_current()) return INT2FIX(0);
+  return rb_ivar_get(self, id_iv_depth);
+}
 
 typedef struct {
   VALUE self;
@@ -56,7 +66,7 @@ static VALUE enter(int argc, VALUE *argv, VALUE self, ID body) {
   a.argc = argc;
   a.argv = argv;
   a.kw_splat = rb_keyword_given_p();
-  a.depth = rb_ivar_get(self, id_iv_depth);
+  a.depth = own_depth(self);
   a.returned = 0;
   return rb_ensure(entry_body, (VALUE) &a, entry_ensure, (VALUE) &a);
 }
@@ -97,6 +107,8 @@ void mm_lock_entry_init(VALUE mMegaMutex) {
   id_iv_depth = rb_intern("@depth");
   id_unlock_body = rb_intern("_unlock");
   id_unlock_cut_short = rb_intern("_unlock_cut_short");
+  id_iv_hold = rb_intern("@hold");
+  id_iv_fiber = rb_intern("@fiber");
   rb_define_method(cLock, "lock", lock_lock, -1);
   rb_define_method(cLock, "try_lock", lock_try_lock, -1);
   rb_define_method(cLock, "unlock", lock_unlock, 0);

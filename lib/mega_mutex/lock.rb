@@ -193,7 +193,9 @@ module MegaMutex
       raise ArgumentError, "synchronize needs a block" unless block
 
       timeout = Configuration.timeout_value(timeout, :timeout) unless timeout_unset
-      depth_before = @depth
+      # This fiber's shares, not @depth: a Lock object shared by threads
+      # counts another thread's hold there while this call waits for it.
+      depth_before = own_depth
       finished = false
       begin
         # A lock taken here keeps the client it was taken on until the
@@ -212,12 +214,12 @@ module MegaMutex
           # lock() short right after: release exactly what this call took, with
           # interrupts deferred so the release itself is never cut short. This
           # is the cycle's one interrupt mask.
-          Thread.handle_interrupt(DEFER) { release_after_block(finished) } if @depth > depth_before
+          Thread.handle_interrupt(DEFER) { release_after_block(finished) } if own_depth > depth_before
         ensure
           # An interrupt that landed before that mask was in place (where
           # Ruby checks for one there: under a TracePoint, at any event)
           # left the lock held: released now, and the interrupt goes on.
-          Thread.handle_interrupt(DEFER) { release_after_block(false) } if @depth > depth_before
+          Thread.handle_interrupt(DEFER) { release_after_block(false) } if own_depth > depth_before
         end
       end
     end
@@ -240,6 +242,15 @@ module MegaMutex
     end
 
     private
+
+    # This fiber's shares of this Lock: @depth while its hold is this
+    # fiber's, 0 while another thread or fiber holds through it (a Lock
+    # object may be shared: "unlock may be called from another thread"). What
+    # a call compares before and after (#synchronize, lock_entry.c).
+    def own_depth
+      hold = @hold
+      hold && hold.fiber.equal?(Fiber.current) ? @depth : 0
+    end
 
     # Logs the block's message through config.logger. The block is yielded,
     # not captured: without a logger a call allocates nothing.

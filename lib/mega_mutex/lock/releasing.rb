@@ -86,6 +86,10 @@ module MegaMutex
     # interrupts deferred (#synchronize).
     def release_after_block(finished)
       hold = @hold
+      # This call's pinned hold, read while this fiber still holds: once it
+      # lets go another thread may take the lock through this same Lock and
+      # pin its own (which this call must never give back to the pool).
+      pinned = @pinned
       unlock!(hold) unless hold.nil? || hold.pid != MegaMutex.pid
       # No early `return`: one through this method's `ensure` costs an object.
       if finished && @depth.zero? && hold&.lost? && @config.on_lock_lost == :raise
@@ -101,17 +105,16 @@ module MegaMutex
 
       log(:error) { "could not release #{@key} after the block failed: #{e.message}" }
     ensure
-      unpin if @depth.zero?
+      unpin(pinned) if own_depth.zero?
     end
 
     # The block that pinned a client is over but the lock lives on (another
     # holder nested in it still holds it): the client goes back to the pool,
     # and that holder's release takes any.
-    def unpin
-      hold = @pinned
+    def unpin(hold)
       return if hold.nil?
 
-      @pinned = nil
+      @pinned = nil if @pinned.equal?(hold)
       client = hold.client
       return if client.nil? # released, and given back already
 

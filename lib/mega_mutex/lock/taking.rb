@@ -200,7 +200,7 @@ module MegaMutex
     # failed release is handed to the renewer's clean-up and must not hide
     # the interrupt. Called from ext/mega_mutex/lock_entry.c when the body
     # did not return.
-    # @param depth [Integer] @depth before the call
+    # @param depth [Integer] this fiber's shares before the call (#own_depth)
     def _undo_take(depth)
       Thread.handle_interrupt(DEFER) { undo_take!(depth) }
     end
@@ -211,7 +211,7 @@ module MegaMutex
       @pin = false
       if taking&.version
         undo_grant(taking, depth)
-      elsif @depth > depth
+      elsif own_depth > depth
         unlock!(@hold) # a reentrant take, adopted in full (#adopt runs masked)
       elsif taking&.outcome_unknown
         Renewer.current.release_later(taking) # the add went out: it may have landed
