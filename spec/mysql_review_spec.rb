@@ -291,4 +291,39 @@ RSpec.describe "backend :mysql under a hostile review" do
       end
     end
   end
+
+  describe "attacks that held" do
+    it "one id is one name, whatever form it is given in; ids differing in case, trailing space or past a long prefix are distinct names" do
+      name = ->(id) { MegaMutex::Native::Client._mysql_lock_name(MegaMutex::Key.for(@namespace, id)) }
+      expect([name.call(:job), name.call("job")].uniq.size).to eq(1)
+      expect([name.call(42), name.call("42")].uniq.size).to eq(1)
+      ids = ["Job", "job", "JOB", "job ", "job  ", " job", "j\u00e9", "j\u00e9".b, "#{'x' * 300}a", "#{'x' * 300}b",
+             "#{'x' * 61}", "#{'x' * 62}", "a'b", "a\\b", "a%b", "a_b"]
+      names = ids.map { |id| name.call(id) }
+      expect(names.uniq.size).to eq(ids.map { |id| id.dup.force_encoding(Encoding::BINARY) }.uniq.size)
+      expect(names).to all(match(/\Amm[=#][a-z0-9_.\-\/:@=+#]{1,61}\z/)) # lowercase, no quote, no space, at most 64 bytes
+    end
+
+    it "MySQLMutex by URL, Hash and nil connection, from many threads at once, excludes on the one server" do
+      url = db.url
+      forms = [nil, url, { "host" => "127.0.0.1", "port" => db.port, "username" => "root" }, { adapter: "trilogy", url: url }]
+      inside = 0
+      most = 0
+      count = Mutex.new
+      threads = forms.map do |connection|
+        quiet_thread do
+          Array.new(10) do
+            MySQLMutex.new("forms", 30, false, connection).synchronize do
+              count.synchronize { most = [most, inside += 1].max }
+              Thread.pass
+              count.synchronize { inside -= 1 }
+            end
+          end
+        end
+      end
+      expect(Timeout.timeout(60) { threads.flat_map(&:value) }.uniq).to eq([true])
+      expect(most).to eq(1)
+      expect(MegaMutex.get_current_lock("forms")).to be_nil
+    end
+  end
 end
