@@ -218,6 +218,61 @@ RSpec.describe "The :quorum backend under review" do
     expect(ruby_valid_until).to be <= store_valid_until
   end
 
+  # In a wait, every attempt uses the same token. An attempt that won a
+  # minority and could not undo it (the server's answers lost) left its lock
+  # there, with the expiry of that attempt; a later attempt found it, counted
+  # it as won, and claimed a lease of a whole ttl from its own start - though
+  # that server let the lock go sooner: it vanished from a server counted for
+  # the grant while the grant was valid, and a second taker could then win
+  # it with the third server.
+  it "counts a lock left by an earlier attempt of the same wait from when that attempt wrote it" do
+    p0 = proxy(servers[0])
+    addresses = [p0.address, servers[1].address, servers[2].address]
+    key = key_for("job")
+    token = "waiter-#{SecureRandom.hex(4)}"
+    [1, 2].each { |i| plant(servers[i], key, "someone-else") }
+    p0.inject("gets", :drop_and_close, if: ->(words) { words[1] == key }) # its add lands, its answers are lost
+    state = Object.new
+    waiter = Thread.new { separate_client(addresses)._acquire(state, key, token, QuorumServers::MAX_TTL, 15, 0.002, 0.02) }
+    wait_for(within: 5, message: "the first attempt's lock on #{servers[0].address}") { servers[0].get(key) == token }
+    # Its expiry draws near while the wait goes on (memcached's seconds left, from mg ... t).
+    wait_for(within: 10, every: 0.02, message: "its lease to have a second left") do
+      servers[0].command("mg #{key} t")[/\AHD t(\d+)/, 1].to_i == 1
+    end
+    p0.clear
+    expect(servers[1].delete(key)).to be(true) # the other holder leaves one server: the wait can win
+    expect(waiter.value).to be(true)
+    valid_until = state.instance_variable_get(:@version).unpack1("E", offset: 48) # the grant's own validity
+    gone_early = wait_for(within: 10, every: 0.005, message: "the lease to end or the lock to vanish") do
+      next :valid_to_the_end if monotonic > valid_until
+
+      servers[0].get(key) == token ? nil : :vanished_while_valid
+    end
+    expect(gone_early).to eq(:valid_to_the_end), "the lock vanished from #{servers[0].address}, counted for the grant, " \
+                                                  "#{(valid_until - monotonic).round(3)} s before the grant's validity ended"
+  end
+
+  # The other side of the one above: a wait longer than a lease, with one
+  # server paused all along (every attempt's add waits in its socket), still
+  # takes the lock once it is free.
+  it "takes the lock after waiting longer than a lease with one server paused all along" do
+    addresses = servers.map(&:address)
+    key = key_for("job")
+    [0, 1].each { |i| plant(servers[i], key, "someone-else") }
+    servers[2].pause
+    begin
+      state = Object.new
+      started = monotonic
+      waiter = Thread.new { separate_client(addresses)._acquire(state, key, "waiter", QuorumServers::MAX_TTL, 20, 0.002, 0.05) }
+      wait_for(within: 10, every: 0.1, message: "a wait longer than a lease") { monotonic - started > QuorumServers::MAX_TTL + 1 }
+      [0, 1].each { |i| expect(servers[i].delete(key)).to be(true) }
+      expect(waiter.value).to be(true)
+      expect(servers.first(2).map { |s| s.get(key) }).to eq(%w[waiter waiter])
+    ensure
+      servers[2].resume
+    end
+  end
+
   # A take that won a majority but could not record its fencing token there
   # is undone; when the undo's removals are refused by a majority too, the
   # take must not report "busy" (try_lock false) with its own lock left on

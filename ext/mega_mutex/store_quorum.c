@@ -109,7 +109,11 @@ static mm_status no_majority(q_store *q, const char *doing, double now) {
 
 static double drift(uint32_t ttl) { return ttl * 0.01 + 0.002; }
 
-/* Reads K (and the fence, with `fence`) and the sentinel on every server. */
+static const char *const ADD_REPLIES[] = {"STORED", "NOT_STORED", NULL};
+
+/* Reads K (and the fence, with `fence`) and the sentinel on every server;
+ * with `add_token`, adds K for it first (its reply is status[0]: whether
+ * this request stored it). */
 static mm_status read_all(q_store *q, mm_bytes key, int fence, const char *add_token, uint32_t add_wire) {
   double now = mmc_now();
   set_key(q, key);
@@ -117,9 +121,10 @@ static mm_status read_all(q_store *q, mm_bytes key, int fence, const char *add_t
     q_server *s = &q->servers[i];
     if (!q_srv_begin(s, now, 0)) continue;
     if (add_token != NULL) {
-      q_srv_write(s, "add %.*s 0 %u %zu noreply\r\n%s\r\n", (int) key.len, key.ptr, (unsigned) add_wire, strlen(add_token),
+      q_srv_write(s, "add %.*s 0 %u %zu\r\n%s\r\n", (int) key.len, key.ptr, (unsigned) add_wire, strlen(add_token),
                 add_token);
       s->wrote_store = 1;
+      q_srv_expect(s, EX_STATUS, ADD_REPLIES);
     }
     if (fence) q_srv_write(s, "gets %.*s %s " Q_SENTINEL "\r\n", (int) key.len, key.ptr, q->fence_key);
     else q_srv_write(s, "gets %.*s " Q_SENTINEL "\r\n", (int) key.len, key.ptr);
@@ -324,12 +329,18 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   uint64_t t = mmc_wall_us();
   if (fence > t) t = fence;
   t += 1;
-  int won[MM_QUORUM_MAX_SERVERS];
+  /* A server won without this request's add storing K holds an earlier
+   * attempt's lock (a wait retries with the same token) with the expiry
+   * that attempt gave it - possibly sooner than this lease ends: it counts
+   * only once the second round trip has renewed it (a cas on the CAS read). */
+  int won[MM_QUORUM_MAX_SERVERS], fresh[MM_QUORUM_MAX_SERVERS], stale = 0;
   char tv[24];
   int tl = snprintf(tv, sizeof tv, "%llu", (unsigned long long) t);
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
     won[i] = holds(s, token);
+    fresh[i] = won[i] && s->nstatus >= 1 && s->status[0] == 0;
+    stale |= won[i] && !fresh[i];
     uint64_t lock_cas = s->lock_cas, fence_cas = s->fence_cas;
     int had_fence = s->got_fence;
     char saved[MM_TOKEN_MAX + 1];
@@ -342,8 +353,13 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
     if (!q_srv_begin(s, now, 1)) continue;
     if (had_fence) q_srv_write(s, "cas %s 0 0 %d %llu\r\n%s\r\n", q->fence_key, tl, (unsigned long long) fence_cas, tv);
     else q_srv_write(s, "add %s 0 0 %d\r\n%s\r\n", q->fence_key, tl, tv);
-    s->wrote_store = 1;
     q_srv_expect(s, EX_STATUS, STORE_REPLIES);
+    if (!fresh[i]) {
+      q_srv_write(s, "cas %.*s 0 %u %zu %llu\r\n%.*s\r\n", (int) key.len, key.ptr, (unsigned) (ttl + Q_WIRE_MARGIN),
+                  token.len, (unsigned long long) lock_cas, (int) token.len, token.ptr);
+      q_srv_expect(s, EX_STATUS, STORE_REPLIES);
+    }
+    s->wrote_store = 1;
     /* keep what the take read: undo and the lease need it */
     s->lock_cas = lock_cas;
     s->got_lock = 1;
@@ -355,7 +371,8 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   size_t acks = 0;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    if (won[i] && s->state == SR_DONE && s->nstatus == 1 && s->status[0] == 0 && q_mature(q, s, now)) acks++;
+    int renewed = fresh[i] || (s->nstatus == 2 && s->status[1] == 0);
+    if (won[i] && s->state == SR_DONE && s->nstatus >= 1 && s->status[0] == 0 && renewed && q_mature(q, s, now)) acks++;
   }
   if (st == MM_INTERRUPTED || acks < q->majority || now >= valid_until) {
     if (st != MM_INTERRUPTED && !q_cancelled(q)) {
@@ -368,9 +385,12 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
     }
     base->maybe_applied = 1;
     if (st == MM_INTERRUPTED) return st;
-    if (acks < q->majority && count_mature_done(q, now) < q->majority) return no_majority(q, "record a fencing token", now);
-    base->maybe_applied = 0;
-    return MM_HELD;
+    mm_status failed = MM_HELD;
+    if (acks < q->majority && count_mature_done(q, now) < q->majority) failed = no_majority(q, "record a fencing token", now);
+    /* A renewed lock has a CAS this take did not read: read it, remove it. */
+    if (stale && !q_cancelled(q) && read_all(q, key, 0, NULL, 0) == MM_OK) (void) undo(q, key, token);
+    if (failed == MM_HELD) base->maybe_applied = 0;
+    return failed;
   }
   memset(lease, 0, sizeof *lease);
   lease->valid_until = valid_until;
@@ -380,7 +400,8 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
   q->last.key_len = key.len;
   for (size_t i = 0; i < q->n; i++) {
     q_server *s = &q->servers[i];
-    q->last.generation[i] = won[i] && s->state == SR_DONE ? s->conn.generation : 0;
+    /* (a renewed lock's CAS was not read: its release reads it first) */
+    q->last.generation[i] = won[i] && fresh[i] && s->state == SR_DONE ? s->conn.generation : 0;
     q->last.cas[i] = s->lock_cas;
   }
   memcpy(lease->state, &q->last.id, sizeof q->last.id);

@@ -6,7 +6,10 @@ require_relative "fault_proxy"
 # every connection with "stats" and "stats settings", whose replies are many
 # lines ending in END; FaultProxy relays one line per command for anything
 # but get/gets, which would leave the store waiting for the rest. This one
-# relays those replies whole. Used by spec/quorum_review_spec.rb to put a
+# relays those replies whole, and sets TCP_NODELAY on both sides: the store
+# pipelines several commands in one write, and a proxy that answers them
+# one small write at a time otherwise waits 40 ms for each delayed ACK -
+# long enough for the quorum to drop that server as too slow. Used by spec/quorum_review_spec.rb to put a
 # fault between one client and one server of a quorum (that server stays
 # reachable directly, for the specs and for other clients).
 class QuorumReviewProxy < FaultProxy
@@ -15,7 +18,13 @@ class QuorumReviewProxy < FaultProxy
 
   private
 
+  def relay(client)
+    client.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
+    super
+  end
+
   def read_reply(upstream, name)
+    upstream.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
     return super unless MULTI_LINE.include?(name)
 
     reply = +""
