@@ -30,8 +30,10 @@
  * and "stats settings" in the same write as its first request (identity,
  * uptime, evictions); every request reads the sentinel.
  *
- * take     one round trip: on every server "add K noreply" + "gets K ~fK
- *          ~mm:epoch". Won on a server = K holds our token there. With wins on
+ * take     one round trip: on every server "add K" + "gets K ~fK
+ *          ~mm:epoch". Won on a server = K holds our token there (where the
+ *          add did not store it, an earlier attempt's lock: it counts only
+ *          once the second round trip has renewed it). With wins on
  *          a majority of mature servers, still within validity (ttl - time
  *          taken - drift), a second round trip writes the fence
  *          t = max(fences read, wall-clock microseconds) + 1 to the servers
@@ -43,7 +45,8 @@
  *          counts, so that server is mature: it kept it).
  * release  gets K everywhere, then a cas expiring K now on those where it
  *          is ours (an atomic compare-and-delete on the connection the CAS
- *          was read on).
+ *          was read on). Left standing (on more than n - majority servers,
+ *          the removal failed): an error, and the caller cleans up.
  * refresh  gets K everywhere, then on those where it is ours a cas with the
  *          new lease, and an add where K is missing (a server that came
  *          back learns the lock again); kept = a mature majority stored it
