@@ -2,6 +2,7 @@
 
 require "spec_helper"
 require "timeout"
+require_relative "support/mysql_review_helpers"
 
 # Session 6's hostile review of the :mysql store: the keeper (the pthread
 # that pings holding sessions while Ruby threads keep the renewer from the
@@ -11,6 +12,7 @@ require "timeout"
 # it held it (another process could take it). Now one keeper per server.
 RSpec.describe "backend :mysql: a stopped server's session never stalls the keeping of another server's", :slow do
   include MariaDBHelpers
+  include MysqlReviewHelpers
 
   before { skip "mariadbd is not installed" unless Servers::MariaDB.available? }
 
@@ -26,17 +28,7 @@ RSpec.describe "backend :mysql: a stopped server's session never stalls the keep
   # io_timeout 6 s), that hogs the GVL for 4 s or more in one C call (sort!) when
   # told, then says whether its lock on the healthy server survived.
   def holder_process(healthy, stopped)
-    script = <<~RUBY
-      $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
-      require "mega_mutex/distributed_mutex"
-      $stdout.sync = true
-      MegaMutex.configure do |c|
-        c.backend = :mysql
-        c.mysql_url = #{healthy.url.inspect}
-        c.namespace = #{@namespace.inspect}
-        c.lock_ttl = 1
-        c.io_timeout = 6
-      end
+    script = review_script_prelude(healthy.url, lock_ttl: 1, io_timeout: 6) + <<~RUBY
       elsewhere = MySQLMutex.new("elsewhere", 0, false, #{stopped.url.inspect})
       elsewhere.lock or abort "no lock on the other server"
       kept = MegaMutex::Lock.new("kept", timeout: 0)

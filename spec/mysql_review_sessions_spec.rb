@@ -4,6 +4,7 @@ require "spec_helper"
 require "mega_mutex/distributed_mutex"
 require "open3"
 require "timeout"
+require_relative "support/mysql_review_helpers"
 
 # Session 6's hostile review of the :mysql store: a session killed from
 # elsewhere, a server restarted or full, a fork - at each step of take,
@@ -11,11 +12,12 @@ require "timeout"
 # never "released" for a lock the server had already dropped.
 RSpec.describe "backend :mysql: sessions killed, servers restarted or full" do
   include MariaDBHelpers
+  include MysqlReviewHelpers
 
   before { skip "mariadbd is not installed" unless Servers::MariaDB.available? }
 
   after do
-    @threads&.each do |t|
+    @review_threads&.each do |t|
       t.kill.join(5)
     rescue Exception # rubocop:disable Lint/RescueException -- its own expectation looked at it
       nil
@@ -28,15 +30,6 @@ RSpec.describe "backend :mysql: sessions killed, servers restarted or full" do
     server = Servers::MariaDB.new(args: args).start
     (@servers ||= []) << server
     server
-  end
-
-  def quiet_thread(&block)
-    t = Thread.new do
-      Thread.current.report_on_exception = false
-      block.call
-    end
-    (@threads ||= []) << t
-    t
   end
 
   def name_of(id)
@@ -108,16 +101,7 @@ RSpec.describe "backend :mysql: sessions killed, servers restarted or full" do
     end
 
     it "a child forked inside a MySQLMutex block leaves the parent's lock and session alone when it exits" do
-      script = <<~RUBY
-        $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
-        require "mega_mutex/distributed_mutex"
-        $stdout.sync = true
-        MegaMutex.configure do |c|
-          c.backend = :mysql
-          c.mysql_url = #{db.url.inspect}
-          c.namespace = #{@namespace.inspect}
-          c.lock_ttl = 3
-        end
+      script = review_script_prelude(db.url, lock_ttl: 3) + <<~RUBY
         m = MySQLMutex.new("forked", 0)
         m.synchronize do
           pid = fork do
