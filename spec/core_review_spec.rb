@@ -336,6 +336,49 @@ RSpec.describe "lock core review" do
       expect(lock.owned?).to be(false)
     end
 
+    it "an interrupt that cuts a grant's registration short, while another thread waits on the same Lock, undoes that grant" do
+      MegaMutex.configure { |c| c.lock_ttl = 30 }
+      lock = MegaMutex::Lock.new("shared-undo", timeout: 5)
+      taker = nil
+      paused = Queue.new
+      go_on = Queue.new
+      check = Queue.new
+      trace = TracePoint.new(:call) do |tp|
+        next unless Thread.current == taker && tp.method_id == :adopt
+
+        trace.disable
+        paused << true
+        Thread.handle_interrupt(Object => :never) { go_on.pop } # the interrupt lands as adopt is entered
+      end
+      taker = Thread.new do
+        outcome = begin
+          trace.enable
+          lock.lock
+          :returned
+        rescue InterruptPoints::Interrupted
+          :interrupted
+        end
+        check.pop
+        # This thread holds nothing now: it must not join a hold of its own.
+        [outcome, MegaMutex::Lock.new("shared-undo").try_lock]
+      end
+      paused.pop # the grant is in the thread's registry, not yet adopted
+      second = Thread.new do
+        lock.lock ? :second_holds : :no # waits on the server: the taker holds it
+      rescue MegaMutex::TimeoutError => e
+        e
+      end
+      wait_for(message: "the second thread waiting") { second.status == "sleep" }
+      taker.raise(InterruptPoints::Interrupted, "cut short")
+      go_on << true
+      expect(second.value).to eq(:second_holds), "the interrupted grant was left held (for its whole lease): #{second.value.inspect}"
+      check << true
+      expect(taker.value).to eq([:interrupted, false])
+    ensure
+      trace&.disable
+      MegaMutex::Lock.holds.clear
+    end
+
     it "4 threads x 25 blocks on one Lock (:memory, then :memcached): one inside at a time, none left held" do
       [:memory, :memcached].each { |backend| four_threads_on_one_lock(backend) }
     end

@@ -25,7 +25,7 @@
 #include "mega_mutex.h"
 
 static ID id_lock_body, id_try_lock_body, id_undo_take, id_iv_depth, id_unlock_body, id_unlock_cut_short, id_iv_hold,
-    id_iv_fiber;
+    id_iv_fiber, id_taking;
 
 /* This fiber's shares of the Lock (Lock#own_depth): @depth while its hold
  * is this fiber's, else 0 - a Lock object shared by threads counts another
@@ -43,6 +43,7 @@ typedef struct {
   const VALUE *argv;
   int kw_splat;
   VALUE depth;
+  VALUE outer_taking; /* the fiber's take record before this call (a nested call's caller) */
   int returned;
 } entry_args;
 
@@ -56,6 +57,7 @@ static VALUE entry_body(VALUE p) {
 static VALUE entry_ensure(VALUE p) {
   entry_args *a = (entry_args *) p;
   if (!a->returned) rb_funcall(a->self, id_undo_take, 1, a->depth);
+  rb_thread_local_aset(rb_thread_current(), id_taking, a->outer_taking);
   return Qnil;
 }
 
@@ -67,6 +69,9 @@ static VALUE enter(int argc, VALUE *argv, VALUE self, ID body) {
   a.argv = argv;
   a.kw_splat = rb_keyword_given_p();
   a.depth = own_depth(self);
+  /* Lock::TAKING, fiber-local: this call's take record starts empty. */
+  a.outer_taking = rb_thread_local_aref(rb_thread_current(), id_taking);
+  rb_thread_local_aset(rb_thread_current(), id_taking, Qnil);
   a.returned = 0;
   return rb_ensure(entry_body, (VALUE) &a, entry_ensure, (VALUE) &a);
 }
@@ -109,6 +114,7 @@ void mm_lock_entry_init(VALUE mMegaMutex) {
   id_unlock_cut_short = rb_intern("_unlock_cut_short");
   id_iv_hold = rb_intern("@hold");
   id_iv_fiber = rb_intern("@fiber");
+  id_taking = rb_intern("__mega_mutex_taking"); /* Lock::TAKING */
   rb_define_method(cLock, "lock", lock_lock, -1);
   rb_define_method(cLock, "try_lock", lock_try_lock, -1);
   rb_define_method(cLock, "unlock", lock_unlock, 0);

@@ -36,6 +36,12 @@ module MegaMutex
     # Each level's question to a logger (Logger#debug? and the like).
     LEVEL_ASKS = { debug: :debug?, info: :info?, warn: :warn?, error: :error? }.freeze
     private_constant :LEVEL_ASKS
+    # The fiber-local slot that records a take in progress (its Hold) for
+    # #_undo_take: per fiber, not per Lock - a Lock object shared by threads
+    # had another thread's take overwrite it, and an interrupted grant was
+    # then left held. lock_entry.c keeps an outer call's record across a
+    # nested one.
+    TAKING = :__mega_mutex_taking
     # Options accepted by {#initialize} and with_distributed_mutex.
     OPTIONS = %i[timeout ttl].freeze
 
@@ -71,7 +77,6 @@ module MegaMutex
       @c_leases = store.c_leases || config.backend == :memory
       @session = store.session
       @hold = nil
-      @taking = nil
       @depth = 0
       @pin = false
       @pinned = nil

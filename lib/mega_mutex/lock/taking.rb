@@ -18,7 +18,7 @@ module MegaMutex
       session = Session.for(@pool)
       hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
       hold.session = session
-      @taking = hold # undone by _undo_take if anything cuts this call short from here
+      Thread.current[TAKING] = hold # undone by _undo_take if anything cuts this call short from here
       begin
         session.adopt(hold)
         session.use do
@@ -45,10 +45,13 @@ module MegaMutex
     def acquire(timeout)
       holds = Lock.holds
       if (hold = holds[@key])
-        # The real pid, on this rare path only: a process forked from C
-        # (outside Process._fork and Process.daemon) must never adopt a hold
-        # of its parent's, which would let two holders in.
-        if hold.pid == Process.pid
+        if hold.depth.zero?
+          # Registered, never adopted: a grant whose registration was cut
+          # short and not undone. Nobody holds it: joining it would let this
+          # caller in on a lease nobody renews. Its token goes to the clean-up.
+          holds.delete(@key)
+          Renewer.current.release_later(hold) if hold.version
+        elsif hold.pid == Process.pid # the real pid: never adopt a parent's hold
           return adopt_own(hold) if hold.fiber.equal?(Fiber.current)
 
           # Another fiber of this thread holds it: not this fiber's to enter
@@ -73,7 +76,7 @@ module MegaMutex
       hold = nil
       begin
         hold = Hold.new(@id, @key, Lock.new_token, @pool, @ttl, @config)
-        @taking = hold # undone by _undo_take if anything cuts this call short from here
+        Thread.current[TAKING] = hold # undone by _undo_take if anything cuts this call short from here
         # Runs under the caller's interrupt mask: Timeout, Thread#raise and
         # Ctrl-C end the wait unless the caller deferred them. C sets
         # hold.version the moment the lock is ours, before any interrupt can
@@ -151,7 +154,7 @@ module MegaMutex
     def finish_take(holds, hold, timeout)
       taken = !hold.version.nil?
       register(holds, hold) if taken
-      @taking = nil
+      Thread.current[TAKING] = nil
       if taken
         if Instrumentation.listening?(Instrumentation::ACQUIRE)
           Instrumentation.instrument(Instrumentation::ACQUIRE,
@@ -171,7 +174,7 @@ module MegaMutex
     # Records a granted take: this thread's registry, this Lock, the renewer.
     # Not under an interrupt mask of its own (one Thread.handle_interrupt
     # per cycle is the release's): an interrupt or an error at any point of
-    # it leaves @taking set, and #undo_grant takes back whatever was done.
+    # it leaves the take recorded (TAKING), and #undo_grant takes back whatever was done.
     def register(holds, hold)
       hold.locked_at = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       # The lease as the store granted it (set by the extension): it counts
@@ -206,8 +209,8 @@ module MegaMutex
     end
 
     def undo_take!(depth)
-      taking = @taking
-      @taking = nil
+      taking = Thread.current[TAKING]
+      Thread.current[TAKING] = nil
       @pin = false
       if taking&.version
         undo_grant(taking, depth)
