@@ -273,6 +273,34 @@ RSpec.describe "The :quorum backend under review" do
     end
   end
 
+  # An interrupt (Thread#raise, Timeout) that lands while the take's second
+  # round trip (the fencing token) is on the wire: the take had won a
+  # majority, so its lock is on the servers. This attack held: the block
+  # never runs, and the clean-up removes the lock.
+  it "leaves nothing held when an interrupt lands during the fencing round trip" do
+    p0 = proxy(servers[0])
+    p1 = proxy(servers[1])
+    configure([p0.address, p1.address, servers[2].address])
+    key = key_for("job")
+    fence = "~f#{key}"
+    servers[2].pause # the fence needs p0 and p1, whose replies are held back
+    [p0, p1].each { |p| p.inject("add", :delay, seconds: 2, if: ->(words) { words[1] == fence }) }
+    ran = false
+    taker = Thread.new do
+      MegaMutex.with_distributed_mutex("job", timeout: 5) { ran = true }
+    rescue Interrupt
+      :interrupted
+    end
+    wait_for(within: 5, message: "the fence's writes on the wire") { [p0, p1].all? { |p| p.log.any? { |name, fault| name == "add" && fault == :delay } } }
+    taker.raise(Interrupt)
+    expect(taker.value).to eq(:interrupted)
+    expect(ran).to be(false)
+    servers[2].resume
+    wait_for(within: 10, message: "the clean-up to remove the lock") { servers.none? { |s| s.get(key) } }
+  ensure
+    servers[2].resume
+  end
+
   # A take that won a majority but could not record its fencing token there
   # is undone; when the undo's removals are refused by a majority too, the
   # take must not report "busy" (try_lock false) with its own lock left on
