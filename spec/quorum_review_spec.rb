@@ -33,26 +33,39 @@ RSpec.describe "The :quorum backend under review" do
   # The :quorum backend on `addresses` (quorum_max_ttl and lock_ttl 2 s).
   def configure(addresses)
     MegaMutex.configure do |c|
-      c.backend = :quorum
-      c.memcache_servers = addresses
-      c.quorum_max_ttl = QuorumServers::MAX_TTL
-      c.lock_ttl = QuorumServers::MAX_TTL
-      c.namespace = @namespace
-      c.io_timeout = 0.5
-      c.connect_timeout = 0.5
+      quorum_settings(c, addresses).namespace = @namespace
       c.logger = Logger.new(logged)
+    end
+  end
+
+  # `config` for the quorum on `addresses`, with short timeouts.
+  def quorum_settings(config, addresses)
+    QuorumServers.configure(config, servers)
+    config.memcache_servers = addresses
+    config.io_timeout = config.connect_timeout = 0.5
+    config
+  end
+
+  # The quorum through a proxy to servers 0 and 1 (server 2 direct).
+  # @return [Array<QuorumReviewProxy>] the two proxies
+  def proxied_quorum
+    pair = [proxy(servers[0]), proxy(servers[1])]
+    configure([*pair.map(&:address), servers[2].address])
+    pair
+  end
+
+  # Waits until no server holds `key` (for `token`, when given): the
+  # renewer's clean-up, after the proxies' faults are cleared.
+  def expect_cleaned_up(key, token = nil)
+    proxies.each(&:clear)
+    wait_for(within: 10, message: "the clean-up to remove the lock") do
+      servers.none? { |s| (value = s.get(key)) && (token.nil? || value == token) }
     end
   end
 
   # A client of its own (new connections) on `addresses`.
   def separate_client(addresses)
-    config = MegaMutex::Configuration.new
-    config.backend = :quorum
-    config.memcache_servers = addresses
-    config.quorum_max_ttl = QuorumServers::MAX_TTL
-    config.io_timeout = 0.5
-    config.connect_timeout = 0.5
-    config.validate!.new_client
+    quorum_settings(MegaMutex::Configuration.new, addresses).validate!.new_client
   end
 
   # Takes `key` at once for `token` on `client`: true, false or the error.
@@ -83,9 +96,7 @@ RSpec.describe "The :quorum backend under review" do
   # write) left the lock on 2 of 3 servers while unlock said it was given
   # back: held by nobody, and not cleaned up, until the lease ended.
   it "does not report a release as done while a majority still holds the lock; the clean-up removes it" do
-    p0 = proxy(servers[0])
-    p1 = proxy(servers[1])
-    configure([p0.address, p1.address, servers[2].address])
+    p0, p1 = proxied_quorum
     key = key_for("job")
     lock = MegaMutex::Lock.new("job")
     expect(lock.try_lock).to be(true)
@@ -96,8 +107,7 @@ RSpec.describe "The :quorum backend under review" do
     expect(still).to eq(2) # the removals did not reach them
     expect(released).to be_a(MegaMutex::ConnectionError), "unlock returned #{released.inspect} with the lock still on #{still} of 3 servers"
     expect(released.message).to match(/failed to release a lock: the lock is still ours on 2 of the 3 servers/)
-    [p0, p1].each(&:clear)
-    wait_for(within: 10, message: "the clean-up to remove the lock") { servers.none? { |s| s.get(key) == token } }
+    expect_cleaned_up(key, token)
   end
 
   # A take that won only a minority is undone; when the undo could not
@@ -107,9 +117,7 @@ RSpec.describe "The :quorum backend under review" do
   # had gone, nobody could take it until the lease ended, and nothing
   # cleaned it up.
   it "does not report a take as busy when the undo of its minority win left the lock on a majority; the clean-up removes it" do
-    p0 = proxy(servers[0])
-    p1 = proxy(servers[1])
-    configure([p0.address, p1.address, servers[2].address])
+    p0, p1 = proxied_quorum
     key = key_for("job")
     plant(servers[2], key, "someone-else")
     p0.inject("cas", :close_before, if: ->(words) { words[1] == key })
@@ -121,8 +129,7 @@ RSpec.describe "The :quorum backend under review" do
     expect(servers[1].get(key)).to eq(token) # our take, left on a majority
     expect(taken).to be_a(MegaMutex::ConnectionError), "try_lock returned #{taken.inspect} with its own lock left on 2 of 3 servers"
     expect(taken.message).to match(/failed to take a lock \(and give back what it won\): the lock is still ours on 2 of the 3 servers/)
-    [p0, p1].each(&:clear)
-    wait_for(within: 10, message: "the clean-up to remove the lock") { servers.none? { |s| s.get(key) == token } }
+    expect_cleaned_up(key, token)
   end
 
   # The same memcached server listed twice under two names (an alias, a
@@ -278,9 +285,7 @@ RSpec.describe "The :quorum backend under review" do
   # majority, so its lock is on the servers. This attack held: the block
   # never runs, and the clean-up removes the lock.
   it "leaves nothing held when an interrupt lands during the fencing round trip" do
-    p0 = proxy(servers[0])
-    p1 = proxy(servers[1])
-    configure([p0.address, p1.address, servers[2].address])
+    p0, p1 = proxied_quorum
     key = key_for("job")
     fence = "~f#{key}"
     servers[2].pause # the fence needs p0 and p1, whose replies are held back
@@ -296,7 +301,7 @@ RSpec.describe "The :quorum backend under review" do
     expect(taker.value).to eq(:interrupted)
     expect(ran).to be(false)
     servers[2].resume
-    wait_for(within: 10, message: "the clean-up to remove the lock") { servers.none? { |s| s.get(key) } }
+    expect_cleaned_up(key)
   ensure
     servers[2].resume
   end
@@ -306,9 +311,7 @@ RSpec.describe "The :quorum backend under review" do
   # take must not report "busy" (try_lock false) with its own lock left on
   # 2 of 3 servers. This attack held: the take already said ConnectionError.
   it "does not report a take as busy while its own undone lock is left on a majority; the clean-up removes it" do
-    p0 = proxy(servers[0])
-    p1 = proxy(servers[1])
-    configure([p0.address, p1.address, servers[2].address])
+    p0, p1 = proxied_quorum
     key = key_for("job")
     fence = "~f#{key}"
     [p0, p1].each do |p|
@@ -321,7 +324,6 @@ RSpec.describe "The :quorum backend under review" do
     expect(left.size).to eq(2) # on the two servers whose undo was refused
     expect(taken).to be_a(MegaMutex::ConnectionError), "try_lock returned #{taken.inspect} with its own lock left on #{left.size} of 3 servers"
     expect(lock.owned?).to be(false)
-    [p0, p1].each(&:clear)
-    wait_for(within: 10, message: "the clean-up to remove the lock") { servers.none? { |s| s.get(key) } }
+    expect_cleaned_up(key)
   end
 end
