@@ -141,6 +141,88 @@ RSpec.describe "lock core review" do
     end
   end
 
+  describe "Thread#kill at every point" do
+    before do
+      MegaMutex.configure { |c| c.backend = :memory }
+      MegaMutex::MemoryStore.reset!
+    end
+
+    after { MegaMutex::MemoryStore.reset! }
+
+    # Runs `call` in a thread killed at its k-th event in lib/ (the kill is
+    # sent from another thread while this one waits, so it lands right
+    # there, or at the next point Ruby checks); false once k is past the end.
+    def killed_at(k, call)
+      fired = false
+      request = Queue.new
+      done = Queue.new
+      worker = nil
+      killer = Thread.new do
+        if request.pop
+          worker.kill
+          done << true
+        end
+      end
+      worker = Thread.new do
+        me = Thread.current
+        count = 0
+        trace = TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
+          next unless Thread.current == me && tp.path&.start_with?(InterruptPoints::LIB)
+
+          count += 1
+          next unless count == k
+
+          fired = true
+          me[:point] = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
+          Thread.handle_interrupt(Object => :never) do
+            request << true
+            done.pop
+          end
+        end
+        trace.enable { call.call(MegaMutex::Lock.new("killed")) }
+      end
+      worker.join
+      request << false unless fired
+      killer.join
+      [fired, worker[:point]]
+    end
+
+    {
+      "lock, then unlock in an ensure" => lambda { |lock|
+        lock.lock
+        begin
+          nil
+        ensure
+          lock.unlock
+        end
+      },
+      "try_lock, then unlock in an ensure" => lambda { |lock|
+        if lock.try_lock
+          begin
+            nil
+          ensure
+            lock.unlock
+          end
+        end
+      },
+      "synchronize" => ->(lock) { lock.synchronize { nil } }
+    }.each do |name, call|
+      it "#{name}: leaves nothing held" do
+        leaked = []
+        (1..).each do |k|
+          fired, point = killed_at(k, call)
+          break unless fired
+
+          next if MegaMutex.get_current_lock("killed").nil?
+
+          leaked << "#{k}: #{point}"
+          MegaMutex::MemoryStore.reset!
+        end
+        expect(leaked).to eq([])
+      end
+    end
+  end
+
   describe "a thread that hogs the GVL while a lease must be renewed" do
     # The GVL is held for 3.5 s by a C call (as an extension that forgets to
     # release it would), with lock_ttl 1: the lease must be renewed three
