@@ -167,4 +167,26 @@ RSpec.describe "backend :mysql: sessions killed, servers restarted or full" do
     # Still held by their sessions: a refresh of each says so.
     holders.each { |_, lock| expect(lock.lost?).to be(false) }
   end
+
+  # A server-wide statement limit (a DBA's max_statement_time against
+  # runaway queries) cut every GET_LOCK wait short: a lock(timeout: 5)
+  # failed after 0.5 s with "GET_LOCK returned NULL". MegaMutex's sessions
+  # run no user query, so they lift the limit for themselves.
+  it "a server with a global max_statement_time: a waiter waits out its own timeout, not the server's limit" do
+    server = private_server
+    server.sql("SET GLOBAL max_statement_time = 0.5")
+    use_mariadb(server, lock_ttl: 30)
+    holder = quiet_thread { MegaMutex::Lock.new("limited").tap(&:lock) }.value
+    waiter = quiet_thread { MegaMutex::Lock.new("limited", timeout: 10).then { |l| [l.lock, l] } }
+    waited_long = lambda do
+      server.sql("SELECT TIME_MS FROM information_schema.PROCESSLIST WHERE INFO LIKE '%GET_LOCK%' AND ID <> CONNECTION_ID()")
+            .any? { |(ms)| Float(ms) > 1000 }
+    end
+    wait_for(within: 10, message: "the waiter in GET_LOCK for more than 1 s, or ended") { !waiter.alive? || waited_long.call }
+    expect(waiter.alive?).to be(true), -> { "the waiter ended: #{(waiter.value rescue $!).inspect}" }
+    expect(holder.unlock).to be(true)
+    taken, lock = Timeout.timeout(10) { waiter.value }
+    expect(taken).to be(true)
+    expect(quiet_thread { lock.unlock }.value).to be(true)
+  end
 end

@@ -1,7 +1,8 @@
 /*
  * mariadb_session.c - the MariaDB store's session (mariadb_session.h): one
  * connection, opened when a take or a read needs it, with wait_timeout set
- * from lock_ttl + WAIT_MARGIN, its CONNECTION_ID() and whether the server
+ * from lock_ttl + WAIT_MARGIN and no statement time limit, its
+ * CONNECTION_ID() and whether the server
  * lists named locks (METADATA_LOCK_INFO). An idle session that holds
  * nothing and may have outlived its wait_timeout is replaced; one that
  * holds a lock never is: when it breaks, its locks are lost.
@@ -17,6 +18,8 @@
 
 #include "lock.h"
 #include "mariadb_session.h"
+
+#define ER_UNKNOWN_SYSTEM_VARIABLE_CODE 1193
 
 void mm_mariadb_session_drop(my_store *s) {
   mm_mariadb_conn_abort(s->conn);
@@ -48,10 +51,20 @@ static mm_status session_open(my_store *s, unsigned ttl) {
   s->conn = m;
   s->holding = 0;
   s->generation++;
+  /* No statement limit on this session (a server-wide max_statement_time
+   * against runaway queries would cut every GET_LOCK wait short): MariaDB's
+   * max_statement_time, MySQL's max_execution_time (SELECTs). A server that
+   * knows neither gets wait_timeout alone. */
+  const char *server = mysql_get_server_info(m);
   char q[200];
-  snprintf(q, sizeof q, "SET SESSION wait_timeout = %u", ttl + WAIT_MARGIN);
+  snprintf(q, sizeof q, "SET SESSION wait_timeout = %u, %s = 0", ttl + WAIT_MARGIN,
+           server != NULL && strstr(server, "MariaDB") != NULL ? "max_statement_time" : "max_execution_time");
   unsigned code;
   st = mm_mariadb_session_exec(s, q, 0, CANCEL_ABORT, NULL, &code, NULL);
+  if (st == MM_ERR_SERVER && code == ER_UNKNOWN_SYSTEM_VARIABLE_CODE) {
+    snprintf(q, sizeof q, "SET SESSION wait_timeout = %u", ttl + WAIT_MARGIN);
+    st = mm_mariadb_session_exec(s, q, 0, CANCEL_ABORT, NULL, &code, NULL);
+  }
   if (st == MM_OK) {
     mm_mariadb_row row;
     st = mm_mariadb_session_exec(s,
