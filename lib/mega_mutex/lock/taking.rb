@@ -44,14 +44,12 @@ module MegaMutex
     # @return [Boolean] taken (or already held by this fiber)
     def acquire(timeout)
       holds = Lock.holds
-      if (hold = holds[@key])
-        if hold.depth.zero?
-          # Registered, never adopted: a grant whose registration was cut
-          # short and not undone. Nobody holds it: joining it would let this
-          # caller in on a lease nobody renews. Its token goes to the clean-up.
-          holds.delete(@key)
-          Renewer.current.release_later(hold) if hold.version
-        elsif hold.pid == Process.pid # the real pid: never adopt a parent's hold
+      # A hold registered but not adopted (depth 0: a registration in
+      # progress under a signal handler, or one cut short) is held by nobody
+      # through it: never joined; this call takes from the store like any
+      # other (which says who holds it).
+      if (hold = holds[@key]) && hold.depth.positive?
+        if hold.pid == Process.pid # the real pid: never adopt a parent's hold
           return adopt_own(hold) if hold.fiber.equal?(Fiber.current)
 
           # Another fiber of this thread holds it: not this fiber's to enter
@@ -131,7 +129,7 @@ module MegaMutex
     def wait_for_fiber(holds, timeout)
       deadline = timeout && (Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout)
       pause = @config.backoff_min
-      while (hold = holds[@key]) && !hold.fiber.equal?(Fiber.current)
+      while (hold = holds[@key]) && hold.depth.positive? && !hold.fiber.equal?(Fiber.current)
         now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
         if deadline && now >= deadline
           @last_holder = hold.token
