@@ -10,9 +10,17 @@ require_relative "lock/releasing"
 module MegaMutex
   # One named distributed lock, for code that cannot use a block.
   #
-  # Reentrant per thread: while a thread holds an id (through any Lock or
-  # with_distributed_mutex), taking the same id again in that thread succeeds
-  # at once, and the lock is released when the outermost holder unlocks.
+  # Reentrant per thread and fiber: while a thread holds an id (through any
+  # Lock or with_distributed_mutex), taking the same id again in that thread
+  # and fiber succeeds at once, and the lock is released when the outermost
+  # holder unlocks. Another fiber of the thread is another holder: under a
+  # Fiber.scheduler it waits for the release; without one (where it could
+  # never wait: the holder cannot run meanwhile) it gets DeadlockError, as
+  # Ruby's Mutex raises.
+  #
+  # A Lock object may be shared by threads (a constant used like a Mutex):
+  # each thread's and fiber's calls count their own shares, and unlock may
+  # be called from another thread.
   #
   # @example
   #   lock = MegaMutex::Lock.new("nightly-report", timeout: 5)
