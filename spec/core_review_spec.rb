@@ -13,8 +13,13 @@ RSpec.describe "lock core review" do
   include CoreReviewHelpers
   include InterruptPoints
 
-  def token_of(lock)
-    lock.instance_variable_get(:@hold)&.token
+  shared_context "the memory backend" do
+    before do
+      MegaMutex.configure { |c| c.backend = :memory }
+      MegaMutex::MemoryStore.reset!
+    end
+
+    after { MegaMutex::MemoryStore.reset! }
   end
 
   describe "a child forked from C (neither Process._fork nor Process.daemon saw it)" do
@@ -105,17 +110,9 @@ RSpec.describe "lock core review" do
       (1..).each do |k|
         lock = MegaMutex::Lock.new("unlock-points")
         lock.lock
-        count = 0
         fired = false
-        main = Thread.current
-        trace = TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
-          next unless Thread.current == main && tp.path&.start_with?(InterruptPoints::LIB)
-
-          count += 1
-          next unless count == k
-
+        trace = trace_at(k, Thread.current) do
           fired = true
-          @interrupt_point = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
           interrupter.interrupt_now
         end
         delivered = false
@@ -127,10 +124,10 @@ RSpec.describe "lock core review" do
           trace.disable
         end
         break unless fired
-        raise "the interrupt sent at #{@interrupt_point} was swallowed" unless delivered
+        raise "the interrupt sent at #{@point} was swallowed" unless delivered
 
         if lock.owned? || MegaMutex.get_current_lock("unlock-points")
-          leaked << "#{k}: #{@interrupt_point}"
+          leaked << "#{k}: #{@point}"
           lock.unlock while lock.owned?
           MegaMutex.pool.with { |c| c._force_release(key_for("unlock-points")) }
         end
@@ -142,12 +139,7 @@ RSpec.describe "lock core review" do
   end
 
   describe "Thread#kill at every point" do
-    before do
-      MegaMutex.configure { |c| c.backend = :memory }
-      MegaMutex::MemoryStore.reset!
-    end
-
-    after { MegaMutex::MemoryStore.reset! }
+    include_context "the memory backend"
 
     # Runs `call` in a thread killed at its k-th event in lib/ (the kill is
     # sent from another thread while this one waits, so it lands right
@@ -164,16 +156,8 @@ RSpec.describe "lock core review" do
         end
       end
       worker = Thread.new do
-        me = Thread.current
-        count = 0
-        trace = TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
-          next unless Thread.current == me && tp.path&.start_with?(InterruptPoints::LIB)
-
-          count += 1
-          next unless count == k
-
+        trace = trace_at(k, Thread.current) do
           fired = true
-          me[:point] = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
           Thread.handle_interrupt(Object => :never) do
             request << true
             done.pop
@@ -184,7 +168,7 @@ RSpec.describe "lock core review" do
       worker.join
       request << false unless fired
       killer.join
-      [fired, worker[:point]]
+      [fired, @point]
     end
 
     {
@@ -344,12 +328,7 @@ RSpec.describe "lock core review" do
   end
 
   describe "two fibers of one thread" do
-    before do
-      MegaMutex.configure { |c| c.backend = :memory }
-      MegaMutex::MemoryStore.reset!
-    end
-
-    after { MegaMutex::MemoryStore.reset! }
+    include_context "the memory backend"
 
     it "are two holders: a fiber scheduler's second fiber waits for the first one's release" do
       events = []
@@ -396,12 +375,7 @@ RSpec.describe "lock core review" do
   end
 
   describe "one Lock object shared by threads (a constant used like a Mutex)" do
-    before do
-      MegaMutex.configure { |c| c.backend = :memory }
-      MegaMutex::MemoryStore.reset!
-    end
-
-    after { MegaMutex::MemoryStore.reset! }
+    include_context "the memory backend"
 
     it "a block that waited for another thread's block gives the lock back when it ends" do
       lock = MegaMutex::Lock.new("shared-object", timeout: 5)

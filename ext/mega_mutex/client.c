@@ -271,45 +271,9 @@ static void *acquire_nogvl(void *p) {
   return NULL;
 }
 
-typedef struct {
-  acquire_args *a;
-  mm_status status;
-  int ran;
-} stale_args;
-
-static void *release_stale_nogvl(void *p) {
-  stale_args *r = p;
-  acquire_args *a = r->a;
-  r->ran = 1;
-  r->status = a->store->ops->release(a->store, a->key, a->token, &a->lease, 0);
-  return NULL;
-}
-
-/* A grant that came back to Ruby too late: the thread waited for the GVL
- * (another thread held it, in a C call that never lets go) for longer than
- * the lease it was granted, which has run out - and someone else may hold
- * the lock now. It is given back if it is still there (owner-checked, on
- * the lease's own version) so that the take can go on. MM_OK: it is not
- * on the server any more (removed, gone or someone else's). An error: it
- * may still be there; the caller must not take again with this token. An
- * interrupt is raised, with the client given back (state's
- * @outcome_unknown is set, so the take's undo hands the token to the
- * clean-up). */
-static mm_status release_stale(VALUE self, mm_client **cp, acquire_args *a) {
-  stale_args r;
-  memset(&r, 0, sizeof r);
-  r.a = a;
-  for (;;) {
-    mm_waker_reset(&(*cp)->waker);
-    r.ran = 0;
-    rb_nogvl(release_stale_nogvl, &r, mm_waker_wake, &(*cp)->waker, RB_NOGVL_INTR_FAIL | RB_NOGVL_UBF_ASYNC_SAFE);
-    if (r.ran && r.status != MM_INTERRUPTED) break;
-    client_give_back(*cp);
-    rb_thread_check_ints();
-    *cp = client_take(self);
-  }
-  return r.status == MM_HELD || r.status == MM_ABSENT ? MM_OK : r.status;
-}
+/* The owner-checked release of a take, on `self` (not in use): a grant
+ * given back (see _acquire). Raises on an error or an interrupt. */
+static mm_status release_taken(VALUE self, mm_bytes key, mm_bytes token, const mm_lease_record *lease);
 
 /*
  * _acquire(state, key, token, ttl, timeout, backoff_min, backoff_max) -> true | false
@@ -366,11 +330,11 @@ static VALUE client_acquire(VALUE self, VALUE state, VALUE key, VALUE token, VAL
       /* Taken, but the GVL came back after the lease had run out: not
        * ours to enter. Given back, then the wait goes on (a new take). */
       rb_ivar_set(state, id_iv_outcome_unknown, Qtrue); /* until the give-back is known */
-      mm_status st = release_stale(self, &c, &a);
-      if (st != MM_OK) {
-        a.status = st;
-        break; /* raised below, @outcome_unknown set: the clean-up takes it from here */
-      }
+      /* An error or an interrupt raises, @outcome_unknown set: the take's
+       * undo hands the token to the clean-up (never taken again with it). */
+      client_give_back(c);
+      release_taken(self, a.key, a.token, &a.lease); /* gone or someone else's: fine too */
+      c = client_take(self);
       rb_ivar_set(state, id_iv_outcome_unknown, Qnil);
       memset(&a.lease, 0, sizeof a.lease);
       memset(&a.holder, 0, sizeof a.holder); /* no hint from a grant given back */
@@ -499,6 +463,17 @@ static VALUE client_release(VALUE self, VALUE key, VALUE token, VALUE version) {
   a.token = t.bytes;
   a.have_lease = unpack_lease(version, &a.lease);
   return run_short(self, &a) == MM_OK ? Qtrue : Qfalse;
+}
+
+static mm_status release_taken(VALUE self, mm_bytes key, mm_bytes token, const mm_lease_record *lease) {
+  short_args a;
+  memset(&a, 0, sizeof a);
+  a.op = OP_RELEASE;
+  a.key = key;
+  a.token = token;
+  a.lease = *lease;
+  a.have_lease = 1;
+  return run_short(self, &a);
 }
 
 /* _extend(key, token, ttl) -> true if still ours and renewed for another

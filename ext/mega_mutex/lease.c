@@ -53,6 +53,27 @@ static unsigned to_uint(VALUE v, const char *what, unsigned long max) {
   return (unsigned) n;
 }
 
+/* What a new lease is: the key and token (pointing into the caller's
+ * Strings, kept alive by it), lock_ttl and the end of the lease as taken. */
+typedef struct {
+  mm_bytes key, token;
+  unsigned ttl;
+  double valid_until;
+} lease_args;
+
+/* *key and *token become Strings (the caller keeps them alive). */
+static void read_lease_args(lease_args *l, VALUE *key, VALUE *token, VALUE ttl, VALUE valid_until) {
+  StringValue(*key);
+  StringValue(*token);
+  if (RSTRING_LEN(*key) < 1 || RSTRING_LEN(*key) > MM_KEY_MAX) rb_raise(rb_eArgError, "key must be 1 to %d bytes", MM_KEY_MAX);
+  if (RSTRING_LEN(*token) < 1 || RSTRING_LEN(*token) > MM_TOKEN_MAX)
+    rb_raise(rb_eArgError, "token must be 1 to %d bytes", MM_TOKEN_MAX);
+  l->key = (mm_bytes){RSTRING_PTR(*key), (size_t) RSTRING_LEN(*key)};
+  l->token = (mm_bytes){RSTRING_PTR(*token), (size_t) RSTRING_LEN(*token)};
+  l->ttl = to_uint(ttl, "ttl", 2592000);
+  l->valid_until = NUM2DBL(valid_until);
+}
+
 static VALUE lease_s_start(VALUE klass, VALUE host, VALUE port, VALUE connect_ms, VALUE io_ms, VALUE key, VALUE token,
                            VALUE ttl, VALUE valid_until) {
   (void) klass;
@@ -64,18 +85,11 @@ static VALUE lease_s_start(VALUE klass, VALUE host, VALUE port, VALUE connect_ms
   spec.port = (unsigned) p;
   spec.connect_timeout_ms = (int) to_uint(connect_ms, "connect timeout", 3600000);
   spec.io_timeout_ms = (int) to_uint(io_ms, "io timeout", 3600000);
-  StringValue(key);
-  StringValue(token);
-  if (RSTRING_LEN(key) < 1 || RSTRING_LEN(key) > MM_KEY_MAX) rb_raise(rb_eArgError, "key must be 1 to %d bytes", MM_KEY_MAX);
-  if (RSTRING_LEN(token) < 1 || RSTRING_LEN(token) > MM_TOKEN_MAX)
-    rb_raise(rb_eArgError, "token must be 1 to %d bytes", MM_TOKEN_MAX);
-  mm_bytes k = {RSTRING_PTR(key), (size_t) RSTRING_LEN(key)};
-  mm_bytes t = {RSTRING_PTR(token), (size_t) RSTRING_LEN(token)};
-  unsigned lease_ttl = to_uint(ttl, "ttl", 2592000);
-  double until = NUM2DBL(valid_until);
+  lease_args l;
+  read_lease_args(&l, &key, &token, ttl, valid_until);
 
   char err[MM_ERROR_MAX];
-  mm_lease *lease = mm_lease_start(&spec, k, t, lease_ttl, until, err, sizeof err);
+  mm_lease *lease = mm_lease_start(&spec, l.key, l.token, l.ttl, l.valid_until, err, sizeof err);
   RB_GC_GUARD(host);
   RB_GC_GUARD(key);
   RB_GC_GUARD(token);
@@ -116,17 +130,10 @@ static VALUE lease_s_start_in(VALUE klass, VALUE lane_obj, VALUE key, VALUE toke
   (void) klass;
   mm_lane *lane;
   TypedData_Get_Struct(lane_obj, mm_lane, &lane_type, lane);
-  StringValue(key);
-  StringValue(token);
-  if (RSTRING_LEN(key) < 1 || RSTRING_LEN(key) > MM_KEY_MAX) rb_raise(rb_eArgError, "key must be 1 to %d bytes", MM_KEY_MAX);
-  if (RSTRING_LEN(token) < 1 || RSTRING_LEN(token) > MM_TOKEN_MAX)
-    rb_raise(rb_eArgError, "token must be 1 to %d bytes", MM_TOKEN_MAX);
-  mm_bytes k = {RSTRING_PTR(key), (size_t) RSTRING_LEN(key)};
-  mm_bytes t = {RSTRING_PTR(token), (size_t) RSTRING_LEN(token)};
-  unsigned lease_ttl = to_uint(ttl, "ttl", 2592000);
-  double until = NUM2DBL(valid_until);
+  lease_args l;
+  read_lease_args(&l, &key, &token, ttl, valid_until);
   char err[MM_ERROR_MAX];
-  mm_lease *lease = mm_lease_start_in(lane, k, t, lease_ttl, until, err, sizeof err);
+  mm_lease *lease = mm_lease_start_in(lane, l.key, l.token, l.ttl, l.valid_until, err, sizeof err);
   RB_GC_GUARD(key);
   RB_GC_GUARD(token);
   if (lease == NULL) rb_raise(eError, "%s", err);

@@ -22,6 +22,22 @@ module CoreReviewHelpers
   # so MegaMutex.pid is still the parent's in the child.
   RAW_FORK = Fiddle::Function.new(LIBC["fork"], [], Fiddle::TYPE_INT, need_gvl: true)
 
+  # A TracePoint that yields at the k-th event `thread` makes in lib/ (a
+  # line, call, return, C call or block), after noting where in @point.
+  # @return [TracePoint] not enabled
+  def trace_at(k, thread)
+    count = 0
+    TracePoint.new(:line, :call, :return, :c_call, :c_return, :b_call, :b_return) do |tp|
+      next unless Thread.current == thread && tp.path&.start_with?(InterruptPoints::LIB)
+
+      count += 1
+      next unless count == k
+
+      @point = "#{tp.event} #{tp.method_id} #{File.basename(tp.path)}:#{tp.lineno}"
+      yield
+    end
+  end
+
   # Holds the GVL for `seconds` (by the wall clock).
   def hog_gvl(seconds)
     USLEEP_WITH_GVL.call((seconds * 1_000_000).to_i)
