@@ -392,6 +392,7 @@ static mm_status q_try_take(mm_store *base, mm_bytes key, mm_bytes token, uint32
     if (acks < q->majority && count_mature_done(q, now) < q->majority) failed = no_majority(q, "record a fencing token", now);
     /* A renewed lock has a CAS this take did not read: read it, remove it. */
     if (stale && !q_cancelled(q) && read_all(q, key, 0, NULL, 0) == MM_OK) (void) undo(q, key, token);
+    if (q_cancelled(q)) return MM_INTERRUPTED; /* the clean-up was cut short: the caller's (maybe_applied) */
     if (failed == MM_HELD) base->maybe_applied = 0;
     return failed;
   }
