@@ -110,6 +110,21 @@ RSpec.describe "The :quorum backend under review" do
     expect_cleaned_up(key, token)
   end
 
+  # The other release that reaches only some servers: the removals are
+  # applied, but their answers are lost with the connections. This attack
+  # held: the release reads the servers again, finds the lock gone, says
+  # released, and the next taker gets it at once.
+  it "releases when the removals were applied but their answers lost, and the next taker gets the lock at once" do
+    p0, p1 = proxied_quorum
+    key = key_for("job")
+    lock = MegaMutex::Lock.new("job")
+    expect(lock.try_lock).to be(true)
+    [p0, p1].each { |p| p.inject("cas", :drop_and_close, if: ->(words) { words[1] == key }) }
+    expect(lock.unlock).to be(true)
+    expect(servers.map { |s| s.get(key) }).to eq([nil, nil, nil])
+    expect(take(separate_client(servers.map(&:address)), key, "next-holder")).to be(true)
+  end
+
   # A take that won only a minority is undone; when the undo could not
   # remove it (the removal refused on one server, the other's reply lost
   # after its add went out, and lost again when read back), try_lock said
