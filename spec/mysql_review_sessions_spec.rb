@@ -100,6 +100,24 @@ RSpec.describe "backend :mysql: sessions killed, servers restarted or full" do
       expect([again.try_lock, again.unlock]).to eq([true, true])
     end
 
+    # A DBA's tool that kills idle connections (pt-kill --idle-time) ended
+    # the pooled session a read was about to use: locked? raised
+    # ConnectionError (lost connection, 2013) although the server was fine.
+    # A take already tried again on a new session; a read does too now.
+    it "a read on a pooled session killed while idle asks again on a new session instead of raising" do
+      lock = MegaMutex::Lock.new("idle-killed")
+      expect(lock.locked?).to be(false) # a pooled session, idle now
+      idle = db.sessions.select { |_, command, _| command == "Sleep" }
+      idle.each { |id, _, _| db.sql("KILL CONNECTION #{id}") }
+      expect(idle).not_to be_empty
+      expect(lock.locked?).to be(false)
+      holder = quiet_thread { MegaMutex::Lock.new("idle-killed").tap(&:lock) }.value
+      idle = db.sessions.select { |_, command, _| command == "Sleep" } - [[db.lock_holder(name_of("idle-killed")).to_s, "Sleep", ""]]
+      idle.each { |id, _, _| db.sql("KILL CONNECTION #{id}") }
+      expect(MegaMutex.get_current_lock("idle-killed")).to eq(holder.holder)
+      expect(quiet_thread { holder.unlock }.value).to be(true)
+    end
+
     it "a child forked inside a MySQLMutex block leaves the parent's lock and session alone when it exits" do
       script = review_script_prelude(db.url, lock_ttl: 3) + <<~RUBY
         m = MySQLMutex.new("forked", 0)

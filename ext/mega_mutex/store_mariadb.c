@@ -405,15 +405,27 @@ static mm_status my_refresh(mm_store *st, mm_bytes key, mm_bytes token, uint32_t
 }
 
 
+/* A read on an idle session that had gone (killed while idle, a restart)
+ * asks again once on a new one: it holds nothing, and a read changes
+ * nothing. */
 static mm_status my_read(mm_store *st, mm_bytes key, mm_holder *holder) {
   my_store *s = (my_store *) st;
   s->base.maybe_applied = 0;
+  uint64_t generation = s->generation;
+  unsigned held = s->holding;
   mm_status r = mm_mariadb_session_any(s);
   if (r != MM_OK) return r;
+  int fresh = s->generation != generation;
   char name[65];
   mm_mariadb_lock_name(key, name);
   memset(holder, 0, sizeof *holder);
-  return read_holder(s, name, holder, NULL);
+  r = read_holder(s, name, holder, NULL);
+  if (r == MM_ERR_CONNECTION && !fresh && held == 0 && s->conn == NULL) {
+    if ((r = mm_mariadb_session_any(s)) != MM_OK) return r;
+    memset(holder, 0, sizeof *holder);
+    r = read_holder(s, name, holder, NULL);
+  }
+  return r;
 }
 
 static mm_status my_describe(mm_store *st, mm_bytes key, mm_description *out) {
