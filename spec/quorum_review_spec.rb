@@ -91,18 +91,26 @@ RSpec.describe "The :quorum backend under review" do
     e
   end
 
+  # Takes "job" through the proxied quorum, then has both proxies answer
+  # its removal (a cas on its key) with `fault`; returns the release's
+  # outcome.
+  def release_with_fault(fault)
+    key = key_for("job")
+    lock = MegaMutex::Lock.new("job")
+    expect(lock.try_lock).to be(true)
+    proxies.each { |p| p.inject("cas", fault, if: ->(words) { words[1] == key }) }
+    outcome { lock.unlock }
+  end
+
   # Removals refused by a majority (the connection closes before the cas
   # reaches the server: a network fault, or a full -M server refusing the
   # write) left the lock on 2 of 3 servers while unlock said it was given
   # back: held by nobody, and not cleaned up, until the lease ended.
   it "does not report a release as done while a majority still holds the lock; the clean-up removes it" do
-    p0, p1 = proxied_quorum
+    proxied_quorum
+    released = release_with_fault(:close_before)
     key = key_for("job")
-    lock = MegaMutex::Lock.new("job")
-    expect(lock.try_lock).to be(true)
     token = servers[0].get(key)
-    [p0, p1].each { |p| p.inject("cas", :close_before, if: ->(words) { words[1] == key }) }
-    released = outcome { lock.unlock }
     still = servers.count { |s| s.get(key) == token }
     expect(still).to eq(2) # the removals did not reach them
     expect(released).to be_a(MegaMutex::ConnectionError), "unlock returned #{released.inspect} with the lock still on #{still} of 3 servers"
@@ -115,12 +123,9 @@ RSpec.describe "The :quorum backend under review" do
   # held: the release reads the servers again, finds the lock gone, says
   # released, and the next taker gets it at once.
   it "releases when the removals were applied but their answers lost, and the next taker gets the lock at once" do
-    p0, p1 = proxied_quorum
+    proxied_quorum
+    expect(release_with_fault(:drop_and_close)).to be(true)
     key = key_for("job")
-    lock = MegaMutex::Lock.new("job")
-    expect(lock.try_lock).to be(true)
-    [p0, p1].each { |p| p.inject("cas", :drop_and_close, if: ->(words) { words[1] == key }) }
-    expect(lock.unlock).to be(true)
     expect(servers.map { |s| s.get(key) }).to eq([nil, nil, nil])
     expect(take(separate_client(servers.map(&:address)), key, "next-holder")).to be(true)
   end
