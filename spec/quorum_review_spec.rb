@@ -130,6 +130,29 @@ RSpec.describe "The :quorum backend under review" do
     expect(take(separate_client(servers.map(&:address)), key, "next-holder")).to be(true)
   end
 
+  # A renewal in flight (the renewer's thread) can land between the
+  # release's read and its removal: the removal's cas then answers EXISTS -
+  # the lock changed, but is still ours, with a fresh lease. The release
+  # counted that as "not ours any more" and said released, with the lock
+  # left on 2 of 3 servers until its new lease ended.
+  it "does not report a release as done when a renewal landed between its read and its removal" do
+    p0, p1 = proxied_quorum
+    key = key_for("job")
+    lock = MegaMutex::Lock.new("job")
+    expect(lock.try_lock).to be(true)
+    token = servers[0].get(key)
+    renew = ->(server) { server.command("set #{key} 0 4 #{token.bytesize}\r\n#{token}") } # a new CAS, still ours
+    servers.each(&renew) # a renewal before the release: the take's CAS is stale everywhere
+    [[p0, servers[0]], [p1, servers[1]]].each do |proxy, server|
+      proxy.after_reply("gets", times: 1, if: ->(words) { words[1] == key }) { renew.call(server) }
+    end
+    released = outcome { lock.unlock }
+    still = servers.count { |s| s.get(key) == token }
+    expect([released, still]).not_to eq([true, 2]), "unlock said released with the lock still on 2 of 3 servers"
+    expect(still).to eq(0)
+    expect(released).to be(true)
+  end
+
   # A take that won only a minority is undone; when the undo could not
   # remove it (the removal refused on one server, the other's reply lost
   # after its add went out, and lost again when read back), try_lock said

@@ -139,6 +139,7 @@ static mm_status read_all(q_store *q, mm_bytes key, int fence, const char *add_t
 }
 
 static const char *const STORE_REPLIES[] = {"STORED", "EXISTS", "NOT_FOUND", "NOT_STORED", NULL};
+#define Q_RELEASE_ROUNDS 3 /* removals tried on a lock that keeps changing (renewals in flight) */
 
 /* Expires K now where it is ours (cas on the CAS just read, same
  * connection). `which[i]`: 1 for the servers to do it on. */
@@ -474,14 +475,38 @@ static mm_status q_release(mm_store *base, mm_bytes key, mm_bytes token, const m
     else if (s->state == SR_DONE && s->got_lock && !which[i] && counted[i]) others++;
   }
   base->maybe_applied = 1;
-  st = delete_ours(q, key, token, which);
-  if (st == MM_INTERRUPTED) return st;
+  /* A renewal in flight (the renewer's thread) may land between the read
+   * and the removal: the cas answers EXISTS, the lock still ours with a new
+   * CAS. Those servers are read again and the removal retried. */
+  int gone[MM_QUORUM_MAX_SERVERS], ours_read[MM_QUORUM_MAX_SERVERS];
+  memcpy(ours_read, which, sizeof ours_read);
+  memset(gone, 0, sizeof gone);
+  for (int round = 0;; round++) {
+    st = delete_ours(q, key, token, which);
+    if (st == MM_INTERRUPTED) return st;
+    int changed = 0;
+    for (size_t i = 0; i < q->n; i++) {
+      q_server *s = &q->servers[i];
+      if (!which[i] || !answered_removal(s)) continue;
+      if (s->status[0] == 1) changed = 1; /* EXISTS */
+      else gone[i] = 1;                   /* removed, or gone already */
+    }
+    if (!changed || round == Q_RELEASE_ROUNDS - 1) break;
+    for (size_t i = 0; i < q->n; i++) which[i] = which[i] && answered_removal(&q->servers[i]) && !gone[i];
+    st = read_all(q, key, 0, NULL, 0);
+    if (st == MM_INTERRUPTED) return st;
+    for (size_t i = 0; i < q->n; i++) {
+      q_server *s = &q->servers[i];
+      if (which[i] && s->state == SR_DONE && !holds(s, token)) gone[i] = 1; /* not ours any more */
+      which[i] = which[i] && holds(s, token);
+    }
+  }
   /* Still ours where the removal failed: more than n - majority such
    * servers and nobody else can win a majority until the lease ends - the
    * lock is not released, and the caller must know it (it has it removed
    * once the servers take it). */
   size_t left = 0;
-  for (size_t i = 0; i < q->n; i++) left += (size_t) (which[i] && counted[i] && !answered_removal(&q->servers[i]));
+  for (size_t i = 0; i < q->n; i++) left += (size_t) (ours_read[i] && counted[i] && !gone[i]);
   if (left > q->n - q->majority) return left_ours(q, "release a lock", left);
   base->maybe_applied = 0;
   if (ours >= q->majority) return MM_OK;

@@ -16,7 +16,26 @@ class QuorumReviewProxy < FaultProxy
   MULTI_LINE = %w[stats].freeze
   STATS_END = /\A(END|ERROR|SERVER_ERROR.*|CLIENT_ERROR.*)\r\n\z/
 
+  # Relays the reply to command `name` (when `if:` holds), then runs the
+  # block before the client's next command is read: something that happens
+  # on the server between two of the client's commands (another client's
+  # write landing there).
+  # @param times [Integer, nil] how often; nil: every time
+  def after_reply(name, times: nil, if: nil, &block)
+    cond = binding.local_variable_get(:if)
+    @lock.synchronize { @faults << { name: name.to_s, fault: :after_reply, left: times, cond: cond, then: block } }
+    self
+  end
+
   private
+
+  def answer(client, reply, fault)
+    return super unless fault && fault[:fault] == :after_reply
+
+    client.write(reply)
+    fault[:then].call
+    true
+  end
 
   def relay(client)
     client.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
