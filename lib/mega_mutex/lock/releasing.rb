@@ -15,7 +15,10 @@ module MegaMutex
       hold.depth -= 1
       return true if hold.depth.positive?
 
-      Lock.holds(hold.thread).delete(hold.key)
+      holds = Lock.holds(hold.thread)
+      # Another thread may release this hold while its own thread has taken
+      # the key anew: that newer hold's entry stays.
+      holds.delete(hold.key) if holds[hold.key].equal?(hold)
       Renewer.current.remove(hold)
       released = release_on_server(hold)
       if released
