@@ -69,6 +69,10 @@ module MegaMutex
   # refuses the wait of one of the sessions involved, which gets this error;
   # the locks that thread already held stay held. A ServerError, so code
   # that rescues ServerError sees it too.
+  #
+  # (any backend) Also raised when another fiber of this thread holds the
+  # lock and no Fiber.scheduler is set: that fiber cannot run to release it
+  # while this one waits (Ruby's Mutex raises ThreadError there).
   class DeadlockError < ServerError
     # @return [Object, nil] the mutex id that was asked for
     attr_reader :id
