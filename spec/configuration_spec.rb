@@ -2,6 +2,7 @@
 
 require "tmpdir"
 require "fileutils"
+require "socket"
 
 RSpec.describe MegaMutex::Configuration do
   subject(:config) { described_class.new }
@@ -105,7 +106,13 @@ RSpec.describe MegaMutex::Configuration do
       expect(path.bytesize).to eq(MegaMutex::Configuration::MAX_SOCKET_PATH)
       user = Process.uid.zero? ? ["-u", "root"] : []
       pid = Process.spawn("memcached", "-s", path, "-U", "0", *user, out: File::NULL, err: File::NULL, pgroup: true)
-      wait_for(within: 5, message: "memcached on #{path}") { File.socket?(path) }
+      # The file appears before memcached listens on it: wait for a connection.
+      wait_for(within: 5, message: "memcached on #{path}") do
+        UNIXSocket.open(path, &:close)
+        true
+      rescue SystemCallError
+        false
+      end
       MegaMutex.configure { |c| c.memcache_servers = [path] }
       expect(MegaMutex.with_distributed_mutex("via-socket") { MegaMutex.get_current_lock("via-socket") }).to be_a(String)
       expect { config.memcache_servers = ["#{path}x"] }.to raise_error(ArgumentError, /memcache_servers.*108 bytes.*107/)
