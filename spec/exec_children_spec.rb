@@ -14,13 +14,7 @@ RSpec.describe "Programs started while a lock is held" do
   # this one's) that configures `settings`, takes a lock and starts a
   # program that counts its own sockets; returns that count.
   def sockets_seen_by_a_program_started_inside_a_lock(settings)
-    script = <<~RUBY
-      $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
-      require "mega_mutex"
-      MegaMutex.configure do |c|
-        #{settings.map { |name, value| "c.#{name} = #{value.inspect}" }.join("\n  ")}
-        c.namespace = #{@namespace.inspect}
-      end
+    script = configured_script(**settings) + <<~RUBY
       count = 'print Dir.children("/proc/self/fd").count { |fd| File.readlink("/proc/self/fd/" + fd).start_with?("socket:") rescue false }'
       MegaMutex.with_distributed_mutex("exec") do
         MegaMutex.with_distributed_mutex("exec-2") { print IO.popen([RbConfig.ruby, "-e", count], &:read) }
@@ -51,14 +45,7 @@ RSpec.describe "Programs started while a lock is held" do
 
     it "frees the lock as soon as its holder is killed with kill -9, while a program it started still runs" do
       reader, writer = IO.pipe
-      script = <<~RUBY
-        $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
-        require "mega_mutex"
-        MegaMutex.configure do |c|
-          c.backend = :mysql
-          c.mysql_url = #{db.url.inspect}
-          c.namespace = #{@namespace.inspect}
-        end
+      script = configured_script(backend: :mysql, mysql_url: db.url) + <<~RUBY
         MegaMutex.with_distributed_mutex("orphan") do
           program = Process.spawn("sleep", "600", pgroup: true)
           $stdout.puts program

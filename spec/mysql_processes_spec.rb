@@ -11,16 +11,7 @@ RSpec.describe "backend :mysql, holders in other processes" do
   # A child process that holds `id` until killed; returns its pid once it holds it.
   def holder_process(id)
     reader, writer = IO.pipe
-    script = <<~RUBY
-      $LOAD_PATH.unshift(#{File.join(SpecHelpers::ROOT, 'lib').inspect})
-      require "mega_mutex"
-      MegaMutex.configure do |c|
-        c.backend = :mysql
-        c.mysql_url = #{db.url.inspect}
-        c.namespace = #{@namespace.inspect}
-        c.lock_ttl = 1
-        c.on_lock_lost = :log
-      end
+    script = configured_script(backend: :mysql, mysql_url: db.url, lock_ttl: 1, on_lock_lost: :log) + <<~RUBY
       MegaMutex.with_distributed_mutex(#{id.inspect}) do |lock|
         $stdout.puts "held"
         $stdout.flush

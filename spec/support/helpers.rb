@@ -40,6 +40,21 @@ module SpecHelpers
     Open3.capture3(full_env, RbConfig.ruby, "-e", prelude + script, chdir: ROOT)
   end
 
+  # The start of a script for a child process: the gem loaded and
+  # configured with `settings` (Configuration attributes) in this example's
+  # namespace.
+  # @return [String]
+  def configured_script(**settings)
+    <<~RUBY
+      $LOAD_PATH.unshift(#{File.join(ROOT, 'lib').inspect})
+      require "mega_mutex"
+      MegaMutex.configure do |c|
+        #{settings.map { |name, value| "c.#{name} = #{value.inspect}" }.join("\n  ")}
+        c.namespace = #{@namespace.inspect}
+      end
+    RUBY
+  end
+
   # A Lock on `id` taken by another thread (so this thread is not reentrant
   # on it); unlock it from anywhere.
   def held_elsewhere(id, **options)
