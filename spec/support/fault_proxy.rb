@@ -120,9 +120,15 @@ class FaultProxy
     end
   end
 
-  def relay(client)
+  # A connection to the server behind the proxy, closed by #stop.
+  def connect_upstream
     upstream = Socket.tcp(*@upstream, connect_timeout: 2)
     @lock.synchronize { @sockets << upstream }
+    upstream
+  end
+
+  def relay(client)
+    upstream = connect_upstream
     until @stopping
       line = client.gets("\r\n", 4096)
       break if line.nil?

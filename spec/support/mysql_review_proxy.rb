@@ -42,8 +42,7 @@ class MysqlReviewProxy < FaultProxy
   # 3-byte length, sequence id), bytes from the server are passed on or
   # faulted while a matched statement's reply is due.
   def relay(client)
-    upstream = Socket.tcp(*@upstream, connect_timeout: 2)
-    @lock.synchronize { @sockets << upstream }
+    upstream = connect_upstream
     pending = "".b
     fault = nil
     loop do
