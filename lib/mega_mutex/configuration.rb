@@ -50,7 +50,8 @@ module MegaMutex
     # its settings against each other (from {#validate!}, only when it is the
     # backend); `client` opens a new Native::Client of the store (required).
     # And two facts about the store: `c_leases`, its leases are renewed by
-    # the C renewer's lane for their server (memcached); `session`, a lock
+    # the C renewer's lane for their server (memcached; the memory store's
+    # lane for its table); `session`, a lock
     # lives as long as the connection that took it, so a hold keeps its
     # client until the release (MariaDB).
     # @api private

@@ -79,10 +79,7 @@ module MegaMutex
       @config = config
       @pool = _store ? _store.last : MegaMutex.pool
       store = config.store
-      # The memory store's leases are kept by the C renewer too (its lane
-      # for the process's table): a Ruby renewer needs the GVL, and a thread
-      # hogging it let a waiter in while the holder was inside.
-      @c_leases = store.c_leases || config.backend == :memory
+      @c_leases = store.c_leases
       @session = store.session
       @hold = nil
       @depth = 0

@@ -5,9 +5,12 @@ module MegaMutex
   autoload :MemoryStore, File.expand_path("../memory_store", __dir__)
 
   # The :memory backend's settings: it has none of its own (memcache_servers
-  # and the network timeouts are ignored); choosing it loads its store.
+  # and the network timeouts are ignored); choosing it loads its store. Its
+  # leases are kept by the C renewer's lane for the process's table: a Ruby
+  # renewer needs the GVL, and a thread hogging it let a waiter in while the
+  # holder was inside.
   class Configuration
-    store_settings :memory, selected: :load_memory_store, client: :memory_client
+    store_settings :memory, selected: :load_memory_store, client: :memory_client, c_leases: true
 
     private
 
